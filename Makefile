@@ -1,0 +1,37 @@
+# Everyday commands. Every target that runs code depends on `setup`, so each works from a fresh clone.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HYDRA_FULL_ERROR = 1
+export WANDB_MODE ?= offline
+
+.PHONY: setup test test-all run table1 figure1 bench-scorers clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install gradsift (idempotent)
+
+test: setup  ## fast test suite (slow and GPU tests are deselected)
+	$(BIN)/python -m pytest -q
+
+test-all: setup  ## every CPU test, the slow ones too
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+run: setup  ## the main job: synthetic Table 1 sweep on CPU, prints paper | ours
+	$(BIN)/python experiments/run.py -m experiment=table1_moons hydra.sweep.dir=multirun/table1_moons
+	$(BIN)/python experiments/summarize.py multirun/table1_moons --table oga.table1_synthetic_mlp_moons --out multirun_summaries/table1_synthetic
+
+table1: run figure1  ## Table 1 (moons) plus Figure 1 (toy set and blobs)
+	@echo "Table 1 written to multirun_summaries/table1_synthetic.md (.csv, .tex); Figure 1 to multirun_summaries/figure1_*.png"
+
+figure1: setup
+	$(BIN)/python experiments/figure1.py --out multirun_summaries
+
+clean:
+	rm -rf multirun outputs .cache

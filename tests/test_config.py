@@ -1,0 +1,57 @@
+"""Every config in conf/ composes and instantiates; bad values fail with an error naming the key."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# groups whose options are instantiated on their own (data/model/... are constructed, not set up)
+GROUPS = ["data", "model", "trainer", "gradients", "compressor", "scorer", "trim", "logger"]
+# options that download weights from a hub when constructed: composed only, not instantiated offline
+HUB_ONLY = {("model", "roberta_large_lora"), ("model", "roberta_base_lora"), ("model", "gpt2"),
+            ("model", "pythia_1b4"), ("model", "llama3_2_1b"), ("model", "llama2_13b_chat_lora")}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml")) if (CONF / group).exists() else []
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes_and_instantiates(group, option, tmp_path):
+    cfg = _compose([f"{group}={option}", f"paths.cache_dir={tmp_path}"])
+    node = cfg.get(group)
+    OmegaConf.to_container(cfg, resolve=True)
+    if node is None or "_target_" not in node or (group, option) in HUB_ONLY:
+        return
+    if group == "gradients":
+        obj = instantiate(node, compressor=instantiate(cfg.compressor))
+    else:
+        obj = instantiate(node)
+    assert obj is not None
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_preset_composes(experiment, tmp_path):
+    cfg = _compose([f"experiment={experiment}", f"paths.cache_dir={tmp_path}"])
+    OmegaConf.to_container(cfg, resolve=True)
+    assert cfg.experiment_name
+
+
+def test_unknown_scorer_names_the_group():
+    with pytest.raises(ConfigCompositionException, match="scorer"):
+        _compose(["scorer=no_such_method"])
+
+
+def test_bad_trim_values_name_the_key():
+    cfg = _compose(["trim.budget=-3"])
+    with pytest.raises(Exception, match="trim.budget"):
+        instantiate(cfg.trim)

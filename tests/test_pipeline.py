@@ -1,0 +1,60 @@
+"""End-to-end: train -> gradients -> score -> trim -> retrain -> result.json, and the base-model cache."""
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from gradsift import pipeline
+from tests.test_config import CONF
+
+FAST = ["data.n_train=80", "data.n_test=40", "data.flips_per_class=4", "trainer.max_epochs=30",
+        "trainer.enable_progress_bar=false", "attribution.reference=train"]
+
+
+def _cfg(tmp_path, *extra):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*FAST, f"paths.cache_dir={tmp_path / 'cache'}", *extra])
+
+
+def test_end_to_end_writes_result_json(tmp_path):
+    cfg = _cfg(tmp_path, "scorer=l2")
+    res = pipeline.run(cfg, tmp_path / "run", choices={"scorer": "l2"})
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["status"] == "ok" and saved["method"] == "Outlier Gradient (L2)" and saved["scorer"] == "l2"
+    m = saved["metrics"]
+    assert m["n_trimmed"] == m["n_noisy"] == 8
+    assert 0 <= m["detection_acc"] <= 1 and 0 <= m["test_acc"] <= 1 and 0 <= m["detection_auc"] <= 1
+    assert {"train_s", "gradients_s", "score_s", "retrain_s", "total_s"} <= set(saved["timings"])
+    assert saved["versions"]["torch"] and len(saved["config_hash"]) == 16
+    assert (tmp_path / "run" / "flagged.csv").exists()
+    assert res["metrics"] == saved["metrics"]
+
+
+def test_second_run_reuses_the_cached_base_model(tmp_path, monkeypatch):
+    calls = []
+    real = pipeline.fit_and_test
+    monkeypatch.setattr(pipeline, "fit_and_test", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    first = pipeline.run(_cfg(tmp_path, "scorer=l1"), tmp_path / "a")
+    second = pipeline.run(_cfg(tmp_path, "scorer=iforest", "trim.budget=5"), tmp_path / "b")
+    assert not first["cache_hit"] and second["cache_hit"]
+    assert first["base_key"] == second["base_key"]
+    assert calls == ["base", "retrain", "retrain"]  # the base model was trained once
+    again = pipeline.run(_cfg(tmp_path, "scorer=l1"), tmp_path / "a2")
+    assert again["retrain_cache_hit"] and again["metrics"] == first["metrics"] and len(calls) == 3
+    assert second["metrics"]["base_test_acc"] == first["metrics"]["base_test_acc"]
+    third = pipeline.run(_cfg(tmp_path, "scorer=l1", "seed=1"), tmp_path / "c")
+    assert not third["cache_hit"]
+
+
+def test_detector_selection_trims_the_detectors_outliers(tmp_path):
+    res = pipeline.run(_cfg(tmp_path, "scorer=iforest", "trim=detector", "scorer.contamination=0.2"), tmp_path / "d")
+    assert res["selection"] == "detector" and res["metrics"]["n_trimmed"] == 16
+
+
+def test_failed_run_still_writes_result_json(tmp_path):
+    cfg = _cfg(tmp_path, "trim.budget=500")
+    with pytest.raises(ValueError, match="trim.budget=500"):
+        pipeline.run(cfg, tmp_path / "f")
+    saved = json.loads((tmp_path / "f" / "result.json").read_text())
+    assert saved["status"] == "failed" and "trim.budget=500" in saved["error"]
