@@ -6,7 +6,10 @@ STAMP   := $(VENV)/.installed
 export HYDRA_FULL_ERROR = 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-all run table1 figure1 bench-scorers clean
+.PHONY: setup test test-all run table1 figure1 bench-scorers bench-gradients clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' 
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -23,15 +26,21 @@ test: setup  ## fast test suite (slow and GPU tests are deselected)
 test-all: setup  ## every CPU test, the slow ones too
 	$(BIN)/python -m pytest -q -m "not gpu"
 
-run: setup  ## the main job: synthetic Table 1 sweep on CPU, prints paper | ours
+run: setup  ## the main job: synthetic Table 1 sweep on CPU (both trimming rules), prints paper | ours
 	$(BIN)/python experiments/run.py -m experiment=table1_moons hydra.sweep.dir=multirun/table1_moons
-	$(BIN)/python experiments/summarize.py multirun/table1_moons --table oga.table1_synthetic_mlp_moons --out multirun_summaries/table1_synthetic
+	$(BIN)/python experiments/run.py -m experiment=table1_moons_detector hydra.sweep.dir=multirun/table1_moons_detector
+	$(BIN)/python experiments/summarize.py multirun/table1_moons multirun/table1_moons_detector \
+		--table oga.table1_synthetic_mlp_moons --out multirun_summaries/table1_synthetic
+	@echo "Table 1 written to multirun_summaries/table1_synthetic.{md,csv,tex,png}"
 
-table1: run figure1  ## Table 1 (moons) plus Figure 1 (toy set and blobs)
-	@echo "Table 1 written to multirun_summaries/table1_synthetic.md (.csv, .tex); Figure 1 to multirun_summaries/figure1_*.png"
+table1: run figure1  ## Table 1 (moons) plus Figure 1 (toy set, blobs, moons)
+	@echo "Table 1: multirun_summaries/table1_synthetic.md (.csv, .tex, .png); Figure 1: multirun_summaries/figure1_*.png"
 
-figure1: setup
+figure1: setup  ## Figure 1 A-D (authors' toy set, blobs) and E-H (moons) as PNG
 	$(BIN)/python experiments/figure1.py --out multirun_summaries
 
-clean:
+bench-scorers: setup  ## seconds to score a training set per method (docs/BENCHMARKS.md)
+	$(BIN)/python experiments/bench_scorers.py
+
+clean:  ## remove sweep outputs and the cache
 	rm -rf multirun outputs .cache

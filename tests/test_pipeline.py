@@ -9,7 +9,7 @@ from gradsift import pipeline
 from tests.test_config import CONF
 
 FAST = ["data.n_train=80", "data.n_test=40", "data.flips_per_class=4", "trainer.max_epochs=30",
-        "trainer.enable_progress_bar=false", "attribution.reference=train"]
+        "trainer.enable_progress_bar=false", "attribution.reference=train", "torch_threads=1"]
 
 
 def _cfg(tmp_path, *extra):

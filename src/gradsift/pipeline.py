@@ -115,6 +115,9 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("torch_threads"):
+        # tiny models: one intra-op thread avoids OpenMP spin contention (30x slower when several jobs share cores)
+        torch.set_num_threads(int(cfg.torch_threads))
     t_start = time.perf_counter()
     result = {"experiment": cfg.experiment_name, "dataset": cfg.data.get("name", cfg.data._target_.rsplit(".", 1)[-1]),
               "seed": int(cfg.seed), "config_hash": config_hash(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
@@ -122,7 +125,8 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
     try:
         scorer: Scorer = instantiate(cfg.scorer)
         trim: Trim = instantiate(cfg.trim)
-        result.update(method=cfg.get("method") or scorer.display_name, scorer=(choices or {}).get("scorer") or cfg.scorer._target_.rsplit(".", 1)[-1],
+        method = cfg.get("method") or scorer.display_name + (" [detector labels]" if trim.selection == "detector" else "")
+        result.update(method=method, scorer=(choices or {}).get("scorer") or cfg.scorer._target_.rsplit(".", 1)[-1],
                       compressor=(choices or {}).get("compressor") or cfg.compressor._target_.rsplit(".", 1)[-1], budget=trim.describe(),
                       selection=trim.selection, paper_table=cfg.get("paper_table"))
         _write(output_dir, result)  # a killed job leaves a "running" record the summary marks as failed
@@ -142,7 +146,8 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         noise = train.labels != cb.flagged.sort_index()["clean_label"].to_numpy()
         metrics = {"base_test_acc": art["meta"]["base_test_acc"], **detection_metrics(remove, scores, noise)}
         keep = train.index[~remove]
-        metrics["test_acc"], retrain_s, result["retrain_cache_hit"] = retrain(cfg, datamodule, keep, art["key"])
+        metrics["test_acc"], retrain_s, result["retrain_cache_hit"], result["finished_at"] = retrain(
+            cfg, datamodule, keep, art["key"])
         result["metrics"] = metrics
         result["timings"] = {"train_s": art["meta"]["train_s"], "gradients_s": art["meta"]["gradients_s"],
                              "score_s": cb.timings["score_s"], "retrain_s": retrain_s,
@@ -158,18 +163,28 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
     return result
 
 
-def retrain(cfg: DictConfig, datamodule: NoisyLabelDataModule, keep: np.ndarray, base_key: str) -> tuple[float, float, bool]:
-    """Retrain from scratch on the kept samples; cached by (base key, kept set) so re-running a sweep is free."""
+def retrain(cfg: DictConfig, datamodule: NoisyLabelDataModule, keep: np.ndarray,
+            base_key: str) -> tuple[float, float, bool, str]:
+    """Retrain from scratch on the kept samples; cached by (base key, kept set) so re-running a sweep is free.
+
+    Returns (clean test accuracy, seconds, cache hit, when the retrain finished)."""
     cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
     key = config_hash({"base": base_key, "keep": hashlib.sha256(np.sort(keep).astype(np.int64).tobytes()).hexdigest()})
 
     def build(out: Path) -> None:
         _, acc, seconds = fit_and_test(cfg, datamodule.with_keep(keep), stage="retrain")
-        (out / "meta.json").write_text(json.dumps({"test_acc": acc, "retrain_s": seconds, "n_kept": len(keep)}))
+        (out / "meta.json").write_text(json.dumps({"test_acc": acc, "retrain_s": seconds, "n_kept": len(keep),
+                                                   "finished_at": _now()}))
 
     path, hit = cache.get_or_create("retrain", key, build)
     meta = json.loads((path / "meta.json").read_text())
-    return meta["test_acc"], meta["retrain_s"], hit
+    return meta["test_acc"], meta["retrain_s"], hit, meta["finished_at"]
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _write(output_dir: Path, result: dict) -> None:

@@ -117,6 +117,8 @@ class PaperTable:
     where: dict[str, list[Any]]
     decimals: int = 2
     plot: str = "bar"
+    #: why ours may differ from the paper (setting, data, recipe); printed under the table
+    notes: str = ""
 
     def matches(self, result: Mapping[str, Any]) -> bool:
         return all(lookup(result, k) in allowed for k, allowed in self.where.items())
@@ -222,6 +224,7 @@ def load_table(key: str, paper_dir: Path | str = PAPER_DIR) -> PaperTable:
         where={k: v if isinstance(v, list) else [v] for k, v in (ours.get("where") or {}).items()},
         decimals=int(ours.get("decimals", 2)),
         plot=plot,
+        notes=str(ours.get("notes", "")).strip(),
     )
 
 
@@ -478,6 +481,8 @@ def to_markdown(s: Summary) -> str:
                 c = by_col.get(col, Cell())
                 parts += [paper_text(c, d), ours_text(c, d, n_max), delta_text(c, d)]
             out.append(f"| {row} | " + " | ".join(parts) + " |")
+    if s.table.notes:
+        out += ["", f"Notes: {s.table.notes}"]
     if s.unplaced_failures:
         out += ["", "Failed jobs that could not be placed in a cell:"]
         out += [f"- `{src}`: {err}" for src, err in s.unplaced_failures]

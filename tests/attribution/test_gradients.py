@@ -62,6 +62,7 @@ def _img_batch(seed: int = 0) -> dict:
 
 def reference(model: nn.Module, batch: dict, names: list[str]) -> torch.Tensor:
     """[B, d] per-sample gradients by vmap(grad) of the single-sample loss (independent of the engine)."""
+    model.eval()  # the engine gathers in eval mode (LoRA dropout off)
     params = {n: p.detach() for n, p in model.named_parameters() if n in names}
 
     def one(p, sample):

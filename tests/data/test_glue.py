@@ -158,6 +158,10 @@ def test_bad_input_names_the_problem(tmp_path):
     bad.write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
     with pytest.raises(ValueError, match="dev.tsv: label column"):
         read_glue_file("rte", bad)
+    ragged = tmp_path / "train.tsv"
+    ragged.write_text("sentence\tlabel\ngood\t1\nbad\t0\textra\n")
+    with pytest.raises(ValueError, match="train.tsv: not a tab-separated"):
+        read_glue_file("sst2", ragged)
     unlabeled = tmp_path / "test.tsv"
     unlabeled.write_text("index\tsentence\n0\tgood film\n")
     with pytest.raises(ValueError, match="not a labeled GLUE sst2 file"):
@@ -190,3 +194,18 @@ def test_real_sst2_datainf_subsample(tmp_path, tokenizer_dir):
     dm.setup()
     assert (len(dm.train_set), len(dm.test_set), int(dm.noise_mask.sum())) == (4500, 500, 900)
     assert os.fspath(SHARED_GLUE / "SST-2" / "train_full.tsv") in dm.origin
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc", "rte", "qnli", "qqp", "cola"])
+def test_configs_compose(task):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class, instantiate
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        for model in ("minilm_lora", "roberta_large_lora", "roberta_base_lora"):
+            cfg = compose("config", overrides=[f"data=glue_{task}", f"model={model}", "seed=3"])
+            dm = instantiate(cfg.data)
+            assert (dm.task, dm.seed, dm.tokenizer_name, dm.noise_fraction) == (task, 3, cfg.model.model, 0.2)
+            assert dm.train_size == (4500 if task in ("sst2", "qqp", "qnli", "cola") else None)
+            assert get_class(cfg.model._target_) is not None and cfg.model.lr == 3e-4

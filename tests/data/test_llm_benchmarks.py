@@ -57,7 +57,8 @@ def test_known_transformations():
     s = "Whispering winds call night."
     expected = {"Capitalize Every Other Letter": "wHiSpErInG WiNdS CaLl nIgHt.",
                 "Double Every Consonant": "WWhhisspperrinngg wwinnddss ccallll nnigghhtt.",
-                "Remove All Consonants": "iei i a i.", "Add 'ly' To End of Each Word": "Whisperingly windsly callly night.ly"}
+                "Remove All Consonants": "iei i a i.",
+                "Add 'ly' To End of Each Word": "Whisperingly windsly callly night.ly"}
     for variation, out in expected.items():
         assert TRANSFORMATIONS[variation](s) == out
     row = render_grammar("Reverse Order of Words", s)

@@ -144,3 +144,15 @@ def test_minilm_offline_and_bf16_export(monkeypatch, tmp_path):
     name = "encoder.layer.0.attention.self.query.weight"
     assert new[name].dtype == torch.float32
     torch.testing.assert_close(new[name], orig[name].bfloat16().float())
+
+
+def test_initialisation_follows_the_seed_only():
+    def head(model: SequenceClassifier) -> torch.Tensor:
+        return next(p for n, p in model.named_parameters() if "classifier.modules_to_save" in n).detach()
+
+    torch.manual_seed(123)
+    a = tiny_roberta(30, seed=5)
+    state = torch.random.get_rng_state()
+    b = tiny_roberta(30, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    assert torch.equal(head(a), head(b)) and not torch.equal(head(a), head(tiny_roberta(30, seed=6)))

@@ -181,10 +181,10 @@ class Gaussian(Compressor):
     def matrix_chunk(self, i: int, c: int, width: int, device: torch.device) -> torch.Tensor:
         """Columns ``[c*chunk_cols, c*chunk_cols+width)`` of block ``i``'s slice of ``P``."""
         gen = torch.Generator(device=device).manual_seed(_mix(self.seed, i, c))
-        return torch.randn(self.r, width, generator=gen, device=device) / math.sqrt(self.r)
+        return torch.randn(self.r, width, generator=gen, device=device, dtype=torch.float32) / math.sqrt(self.r)
 
     def compress_block(self, i: int, g: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(g.shape[0], self.r, device=g.device)
+        out = torch.zeros(g.shape[0], self.r, device=g.device, dtype=torch.float32)
         for c, c0 in enumerate(range(0, g.shape[1], self.chunk_cols)):
             gc = g[:, c0:c0 + self.chunk_cols].float()
             out += gc @ self.matrix_chunk(i, c, gc.shape[1], g.device).T
@@ -260,7 +260,7 @@ class LoGra(Compressor):
             raise ValueError(f"LoGra would need a {rows}x{cols} projection for a non-Linear parameter; select only "
                              "Linear/Conv1D/Conv2d weights (attribution.gradients.parameters)")
         gen = torch.Generator().manual_seed(_mix(self.seed, i, which))
-        return (torch.randn(rows, cols, generator=gen) / math.sqrt(rows)).to(self.device)
+        return (torch.randn(rows, cols, generator=gen, dtype=torch.float32) / math.sqrt(rows)).to(self.device)
 
     def _build(self, n_samples: int | None) -> list[Block]:
         self._proj: list[tuple[torch.Tensor, ...]] = []

@@ -187,7 +187,7 @@ class PerSampleGradients:
         B = n_rows[0]
         for i, p in enumerate(parts):  # a parameter unused by this batch has zero gradient
             if p is None:
-                parts[i] = self.compressor.compress_block(i, torch.zeros(B, params[names[i]].numel(), device=dev))
+                parts[i] = self.compressor.compress_block(i, torch.zeros(B, params[names[i]].numel(), device=dev, dtype=torch.float32))
         return self.compressor.combine(parts)
 
     def _contribute(self, m: nn.Module, uses: list[tuple[str, int]], inp: torch.Tensor, g_out: torch.Tensor, B: int,

@@ -103,8 +103,11 @@ def read_glue_file(task: str, path: str | Path) -> pd.DataFrame:
     elif path.suffix == ".jsonl":
         frame = pd.read_json(path, lines=True, dtype=False)
     elif path.suffix == ".tsv":
-        raw = pd.read_csv(path, sep="\t", header=None, dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False,
-                          encoding="utf-8-sig")
+        try:
+            raw = pd.read_csv(path, sep="\t", header=None, dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False,
+                              encoding="utf-8-sig")
+        except pd.errors.ParserError as err:
+            raise ValueError(f"{path}: not a tab-separated GLUE {task} file ({err})") from err
         first = [c.strip() for c in raw.iloc[0]] if len(raw) else []
         label_header = next(k for k, v in spec.tsv_header.items() if v == "label")
         if label_header in first:
@@ -174,7 +177,8 @@ class GlueDataModule(NoisyLabelDataModule):
         self.task, self.data_dir, self.tokenizer_name, self.max_length = task, data_dir, tokenizer, max_length
         self.train_size, self.test_size, self.val_size = train_size, test_size, val_size
         self.noise_fraction, self.source, self.hub_dataset = noise_fraction, source, hub_dataset
-        self.cache_dir = Path(cache_dir or os.environ.get("GRADSIFT_CACHE", Path.home() / ".cache" / "gradsift")) / "glue"
+        root = cache_dir or os.environ.get("GRADSIFT_CACHE", Path.home() / ".cache" / "gradsift")
+        self.cache_dir = Path(root) / "glue"
         self.pad_token_id = 0
         self.origin = ""  # where the rows came from, set by build()
 

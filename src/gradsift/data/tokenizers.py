@@ -37,8 +37,15 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequen
 
 
 def load_tokenizer(spec: str | PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """A tokenizer object, or one loaded by hub name / local folder; pad defaults to eos (GPT-2, Llama lack one)."""
-    tok = spec if isinstance(spec, PreTrainedTokenizerBase) else AutoTokenizer.from_pretrained(spec)
+    """A tokenizer object, or one loaded by hub name / local folder / packaged alias (``smollm2_135m``); pad
+    defaults to eos (GPT-2 and Llama have none)."""
+    if isinstance(spec, PreTrainedTokenizerBase):
+        tok = spec
+    else:
+        from gradsift.models.pretrained_lm import pretrained_source
+
+        path, extra = pretrained_source(spec)
+        tok = AutoTokenizer.from_pretrained(path, **extra)
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ValueError(f"tokenizer {spec!r} has neither a pad nor an eos token; set one before use")

@@ -18,7 +18,7 @@ from torchmetrics.text import Perplexity
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from gradsift.models.base import GradsiftModule
-from gradsift.models.pretrained import resolve_model
+from gradsift.models.pretrained_lm import pretrained_source
 
 
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +31,7 @@ def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 class CausalLM(GradsiftModule):
     """``AutoModelForCausalLM`` (optionally wrapped with PEFT LoRA) with a response-only NLL loss.
 
-    ``model`` is a hub name or directory (via :func:`gradsift.models.pretrained.resolve_model`); ``config`` (a
+    ``model`` is a hub name, a directory or a packaged alias (``smollm2_135m``, models/pretrained_lm.py); ``config`` (a
     ``PretrainedConfig`` or a dict with ``model_type``) instead builds a random model without download, for tests.
     ``lora_rank=None`` means full fine-tuning; otherwise LoRA on ``target_modules`` (query/value: ``c_attn`` for
     GPT-2, ``query_key_value`` for GPT-NeoX, ``q_proj``/``v_proj`` for Llama).
@@ -60,7 +60,8 @@ class CausalLM(GradsiftModule):
                 config = AutoConfig.for_model(config.pop("model_type"), **config)
             net = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, **kwargs)
         else:
-            net = AutoModelForCausalLM.from_pretrained(resolve_model(model), dtype=torch_dtype, **kwargs)
+            path, extra = pretrained_source(model)
+            net = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra, **kwargs)
         if gradient_checkpointing:
             net.gradient_checkpointing_enable()
         if lora_rank is not None:

