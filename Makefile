@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export HYDRA_FULL_ERROR = 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-all run table1 figure1 bench-scorers bench-gradients clean help
+.PHONY: setup test test-all run table1 figure1 bench-scorers bench-gradients tables wheelhouse clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' 
@@ -38,6 +38,20 @@ table1: run figure1  ## Table 1 (moons) plus Figure 1 (toy set, blobs, moons)
 
 figure1: setup  ## Figure 1 A-D (authors' toy set, blobs) and E-H (moons) as PNG
 	$(BIN)/python experiments/figure1.py --out multirun_summaries
+
+tables: table1  ## every paper table that runs on this machine (CPU: OGA Table 1 and Figure 1)
+	@echo "Tables that need a GPU (OGA Tables 2-10, dropout Tables 1-11) are not run by this target: see docs/STATUS.md"
+
+TARGET_FREEZE ?= target-freeze.txt
+TARGET_PY     ?= 3.11
+TARGET_GLIBC  ?= 2.28
+
+wheelhouse: setup  ## wheels an offline target lacks: make wheelhouse TARGET_FREEZE=gpu-freeze.txt [TARGET_PY=3.11 TARGET_GLIBC=2.28]
+	$(BIN)/python scripts/wheelhouse.py --target $(TARGET_FREEZE) --python-version $(TARGET_PY) --glibc $(TARGET_GLIBC) --dest wheelhouse
+	@echo "Wheels in wheelhouse/: on the target, pip install --no-index --find-links wheelhouse gradsift"
+
+bench-gradients: setup  ## per-sample gradient throughput, CPU smoke (GPU: see docs/BENCHMARKS.md)
+	$(BIN)/python experiments/bench_gradients.py --model tiny
 
 bench-scorers: setup  ## seconds to score a training set per method (docs/BENCHMARKS.md)
 	$(BIN)/python experiments/bench_scorers.py

@@ -12,8 +12,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["experiment=table1_moons", "trainer.max_epochs=20", "data.n_train=60", "data.n_test=20",
          "data.flips_per_class=3", "torch_threads=1"]
@@ -48,6 +46,5 @@ def test_joblib_launcher_trains_base_once_per_seed(tmp_path: Path) -> None:
     assert {r["scorer"] for r in results} == {"l1", "l2", "iforest"}
 
 
-@pytest.mark.slow
 def test_submitit_local_launcher_trains_base_once_per_seed(tmp_path: Path) -> None:
     multirun(tmp_path, ["hydra/launcher=submitit_local"], [0], ["l1", "l2"])

@@ -58,3 +58,55 @@ def test_failed_run_still_writes_result_json(tmp_path):
         pipeline.run(cfg, tmp_path / "f")
     saved = json.loads((tmp_path / "f" / "result.json").read_text())
     assert saved["status"] == "failed" and "trim.budget=500" in saved["error"]
+
+
+def test_csv_logger_records_the_attribution_run(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*FAST, f"paths.cache_dir={tmp_path / 'cache'}", "logger=csv", "scorer=l2"],
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    pipeline.run(cfg, tmp_path / "run")
+    logged = list((tmp_path / "run" / "attribution").rglob("*"))
+    names = {p.name for p in logged}
+    assert {"flagged.csv", "metrics.csv"} <= names
+    metrics = next(p for p in logged if p.name == "metrics.csv").read_text()
+    assert "metrics/detection_acc" in metrics and "timings/retrain_s" in metrics
+
+
+@pytest.mark.slow  # wandb offline start-up is slow on 2 cores; tests/test_loggers.py covers the logging itself
+def test_wandb_offline_run_of_a_pipeline_job(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from tests.test_loggers import _finished_records, _keys
+
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
+                       "WANDB_X_DISABLE_STATS": "true", "WANDB_X_DISABLE_MACHINE_INFO": "true",
+                       "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true"}.items():
+        monkeypatch.setenv(key, value)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*FAST, f"paths.cache_dir={tmp_path / 'cache'}", "logger=wandb",
+                                           "scorer=iforest", "experiment=table1_moons"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    pipeline.run(cfg, tmp_path / "run", choices={"scorer": "iforest"})
+    (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    records = _finished_records(next(run_dir.glob("run-*.wandb")))
+    (run,) = [r.run for r in records if r.HasField("run")]
+    assert run.run_group == "table1_moons" and "scorer=iforest" in set(run.tags)
+    history = set().union(*(_keys(r.history.item) for r in records if r.HasField("history")))
+    assert {"metrics/detection_acc", "metrics/test_acc", "attribution/score_hist/_type", "attribution/flagged/_type",
+            "attribution/plots/scores/_type"} <= history
+    summary = set().union(*(_keys(r.summary.update) for r in records if r.HasField("summary")))
+    assert {"timings/train_s", "timings/retrain_s", "attribution/n_flagged"} <= summary

@@ -39,7 +39,7 @@ def fit_and_test(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: l
     """Train a fresh model from ``cfg.model`` on ``datamodule``; return (model, clean test accuracy, seconds)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks or [], logger=_logger(cfg, stage))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks or [], logger=False)
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - t0
@@ -52,6 +52,30 @@ def _logger(cfg: DictConfig, stage: str):
     if not lg or "_target_" not in lg:
         return False
     return instantiate(lg, **({"name": stage} if "name" in lg else {}))
+
+
+def log_run(cfg: DictConfig, result: dict, cb: AttributionCallback, datamodule: NoisyLabelDataModule,
+            top: int = 50) -> None:
+    """One experiment-logger run per job (``logger=wandb|csv``): config, metrics, per-stage timings, the score
+    histogram, the top flagged samples (with thumbnails for images) and the score plot."""
+    lg = _logger(cfg, "attribution")
+    if not lg:
+        return
+    from gradsift.loggers import log_attribution
+    from gradsift.viz.scores import score_plot
+
+    lg.log_hyperparams(result["config"])
+    lg.log_metrics({f"metrics/{k}": float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))})
+    rows = cb.flagged.head(top).to_dict("records")
+    x = datamodule.full_train_set.columns.get("x")
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        pos = {int(ix): p for p, ix in enumerate(datamodule.full_train_set.index)}
+        for row in rows:
+            img = x[pos[int(row["index"])]]
+            row["image"] = (img.permute(1, 2, 0) if img.shape[0] in (1, 3) else img).cpu().numpy()
+    fig = score_plot(cb.flagged, title=f"{result['method']} | {result['dataset']} | seed {result['seed']}")
+    log_attribution(lg, cb.flagged["score"].to_numpy(), rows, plots={"scores": fig}, timings=result["timings"])
+    lg.finalize("success")
 
 
 def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Scorer | None) -> dict:
@@ -154,6 +178,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
                              "total_s": time.perf_counter() - t_start}
         result["status"] = "ok"
         np.save(output_dir / "scores.npy", scores)
+        log_run(cfg, result, cb, datamodule)
     except Exception as exc:  # the run fails, but what was computed and the error are recorded
         result["status"], result["error"] = "failed", f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()

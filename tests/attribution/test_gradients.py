@@ -11,8 +11,16 @@ from torch.func import functional_call, grad, vmap
 from gradsift.attribution.compressors import Dropout, Identity, LoGra
 from gradsift.attribution.gradients import PerSampleGradients, hook_rule, select_parameters
 
-torch.set_default_dtype(torch.float64)
 B, T, C = 6, 5, 3
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Models and references in float64 for these tests only (GradientSet rows are float32)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 class _Seq(nn.Module):

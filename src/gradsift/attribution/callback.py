@@ -91,7 +91,8 @@ class AttributionCallback(pl.Callback):
         self.scores = self.scorer.fit_score(self.inputs())
         self.timings["score_s"] = time.perf_counter() - t0
         train = self.gradients["train"]
-        clean = _clean_labels(datamodule, train.index) if datamodule is not None else train.labels
+        clean = _clean_labels(datamodule, train.index) if datamodule is not None else None
+        clean = train.labels if clean is None else clean
         remove = (self.trim or Trim(budget=0.05)).select(self.scores, self.scorer.predicted_outliers(),
                                                          n_noisy=int((clean != train.labels).sum()))
         self.flagged = pd.DataFrame({"index": train.index, "label": train.labels, "clean_label": clean,
@@ -119,8 +120,11 @@ def predict_probs(module: torch.nn.Module, loader) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _clean_labels(datamodule, index: np.ndarray) -> np.ndarray:
-    ds = datamodule.train_set
+def _clean_labels(datamodule, index: np.ndarray) -> np.ndarray | None:
+    """Clean labels of the rows ``index`` when the datamodule knows them (gradsift datamodules do), else None."""
+    ds = getattr(datamodule, "train_set", None)
+    if ds is None or not hasattr(ds, "columns") or "clean_label" not in ds.columns:
+        return None
     pos = {int(ix): p for p, ix in enumerate(ds.index)}
     clean = np.asarray(ds.columns["clean_label"])
     return clean[[pos[int(i)] for i in index]]

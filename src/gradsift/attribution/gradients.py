@@ -16,7 +16,6 @@ where the compressor supports it, so no [B, d] matrix is formed unless the compr
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 from collections.abc import Iterable
 

@@ -37,6 +37,9 @@ class Scorer(ABC):
     needs_val: bool = False
     #: the pipeline computes predicted probabilities only for scorers that set this
     needs_probs: bool = False
+    #: the callback computes the exact loss Hessian of the chosen parameters (``inputs.extra["hessian"]``) only
+    #: for scorers that set this (an instance attribute where it depends on the config)
+    needs_hessian: bool = False
     #: name used in tables (the paper's row name)
     display_name: str = ""
 

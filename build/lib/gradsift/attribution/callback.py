@@ -1,0 +1,126 @@
+"""AttributionCallback: the one place that ties the gradient engine and the scorers to Lightning.
+
+Attach it to any ``Trainer`` whose LightningModule has ``per_sample_loss(batch) -> Tensor[B]`` (see
+``gradsift.models.base``) and whose datamodule yields dict batches with ``index`` and ``label`` and offers
+``attribution_dataloader(split)`` (``gradsift.data.base.NoisyLabelDataModule`` does). At the end of ``fit`` it
+gathers per-sample gradients of the chosen parameters for the training split (and the validation split when the
+scorer needs it), compresses them on the fly, and, when given a scorer, scores every training sample and writes
+``flagged.csv`` (index, given label, clean label, score, flagged), most detrimental first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+from gradsift.attribution.compressors import Compressor
+from gradsift.attribution.gradient_set import GradientSet
+from gradsift.attribution.gradients import PerSampleGradients, select_parameters
+from gradsift.scoring.base import Scorer, ScoringInputs
+from gradsift.trim import Trim
+
+
+class AttributionCallback(pl.Callback):
+    """Gather per-sample gradients at fit end and (optionally) score and flag training samples."""
+
+    def __init__(self, gradients: PerSampleGradients | None = None, parameters: str | list[str] = "last_layer",
+                 compressor: Compressor | None = None, scorer: Scorer | None = None, trim: Trim | None = None,
+                 reference: str = "val", probs: bool | None = None, output_dir: str | None = None, seed: int = 0):
+        if reference not in ("val", "train"):
+            raise ValueError(f"attribution.reference={reference!r}; expected 'val' or 'train'")
+        self.engine = gradients or PerSampleGradients(parameters=parameters, compressor=compressor)
+        self.scorer, self.trim, self.reference, self.seed = scorer, trim, reference, seed
+        self.want_probs = probs
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.gradients: dict[str, GradientSet] = {}
+        self.train_probs: np.ndarray | None = None
+        self.hessian: np.ndarray | None = None
+        self.scores: np.ndarray | None = None
+        self.flagged: pd.DataFrame | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- Lightning hook ---------------------------------------------------------------------------
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.datamodule is None:
+            raise ValueError("AttributionCallback needs trainer.fit(model, datamodule=...) with a gradsift-style "
+                             "datamodule (attribution_dataloader(split))")
+        self.attribute(pl_module, trainer.datamodule)
+
+    # -- the work ---------------------------------------------------------------------------------
+    def needs_val(self) -> bool:
+        return self.reference == "val" and (self.scorer is None or self.scorer.needs_val)
+
+    def attribute(self, module: torch.nn.Module, datamodule) -> np.ndarray | None:
+        if not callable(getattr(module, "per_sample_loss", None)):
+            raise TypeError(f"{type(module).__name__} has no per_sample_loss(batch) -> Tensor[B]; "
+                            "see gradsift.models.base for the contract")
+        t0 = time.perf_counter()
+        self.gradients["train"] = self.engine.gather(module, datamodule.attribution_dataloader("train"), "train gradients")
+        if self.needs_val() and getattr(datamodule, "val_set", None) is not None:
+            self.gradients["val"] = self.engine.gather(module, datamodule.attribution_dataloader("val"), "val gradients")
+        self.timings["gradients_s"] = time.perf_counter() - t0
+        want_probs = self.want_probs if self.want_probs is not None else bool(self.scorer and self.scorer.needs_probs)
+        if want_probs and callable(getattr(module, "logits", None)):
+            self.train_probs = predict_probs(module, datamodule.attribution_dataloader("train"))
+        if self.scorer is not None and getattr(self.scorer, "needs_hessian", False):
+            self.hessian = self.compute_hessian(module, datamodule)
+        if self.scorer is None:
+            return None
+        return self.score(datamodule)
+
+    def compute_hessian(self, module: torch.nn.Module, datamodule) -> np.ndarray:
+        from gradsift.attribution.hessian import loss_hessian
+
+        params = select_parameters(module, self.engine.parameters)
+        return loss_hessian(module, datamodule.attribution_dataloader("train"), params)
+
+    def inputs(self) -> ScoringInputs:
+        train = self.gradients["train"]
+        val = self.gradients.get("val") if self.reference == "val" else train
+        extra = {"hessian": self.hessian} if self.hessian is not None else {}
+        return ScoringInputs(train=train, val=val, train_probs=self.train_probs, seed=self.seed, extra=extra)
+
+    def score(self, datamodule=None) -> np.ndarray:
+        t0 = time.perf_counter()
+        self.scores = self.scorer.fit_score(self.inputs())
+        self.timings["score_s"] = time.perf_counter() - t0
+        train = self.gradients["train"]
+        clean = _clean_labels(datamodule, train.index) if datamodule is not None else train.labels
+        remove = (self.trim or Trim(budget=0.05)).select(self.scores, self.scorer.predicted_outliers(),
+                                                         n_noisy=int((clean != train.labels).sum()))
+        self.flagged = pd.DataFrame({"index": train.index, "label": train.labels, "clean_label": clean,
+                                     "score": self.scores, "flagged": remove}).sort_values(
+            "score", ascending=False, kind="stable")
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.flagged.to_csv(self.output_dir / "flagged.csv", index=False)
+        return self.scores
+
+
+@torch.no_grad()
+def predict_probs(module: torch.nn.Module, loader) -> np.ndarray:
+    """Softmax of ``module.logits(batch)`` over a loader, in loader order (eval mode)."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    out = []
+    try:
+        for batch in loader:
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            out.append(module.logits(batch).float().softmax(-1).cpu().numpy())
+    finally:
+        module.train(was_training)
+    return np.concatenate(out)
+
+
+def _clean_labels(datamodule, index: np.ndarray) -> np.ndarray:
+    ds = datamodule.train_set
+    pos = {int(ix): p for p, ix in enumerate(ds.index)}
+    clean = np.asarray(ds.columns["clean_label"])
+    return clean[[pos[int(i)] for i in index]]

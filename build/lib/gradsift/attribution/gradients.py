@@ -1,0 +1,330 @@
+"""The per-sample gradient engine shared by every method: a scorer never computes gradients itself.
+
+``PerSampleGradients(parameters=..., compressor=...)`` selects parameters by name, then streams a dataloader
+through ``module.per_sample_loss`` and returns a :class:`GradientSet` of (compressed) per-sample gradients.
+
+One batch costs one forward and one backward of ``per_sample_loss(batch).sum()`` (a sum, so row b of every
+output gradient is exactly sample b's). Hooks record each layer's input and output gradient; per-sample
+parameter gradients follow in closed form: Linear / transformers' Conv1D / Conv2d (after ``unfold``) give
+``sum_t outer(grad_out_t, a_t)`` for the weight and ``sum_t grad_out_t`` for the bias; Embedding scatters
+output gradients into the used rows; LayerNorm gives ``sum_t grad_out_t * xhat_t``. peft's LoRA adapters are
+plain Linear modules, so the Linear rule covers them. Parameters of any other module fall back to
+``torch.func`` (``vmap(grad)``). Gradients are compressed per layer as soon as they exist, from the factors
+where the compressor supports it, so no [B, d] matrix is formed unless the compressor is the identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from gradsift.attribution.compressors import Compressor, Identity, ParamInfo
+from gradsift.attribution.gradient_set import Block, GradientSet
+
+PARAMETER_PRESETS = ("last_layer", "all", "lora")
+
+
+def select_parameters(module: nn.Module, spec: str | Iterable[str] = "last_layer") -> dict[str, nn.Parameter]:
+    """Trainable parameters chosen by ``spec``.
+
+    ``"all"``: every trainable parameter; ``"last_layer"``: the parameters of the last module (in registration
+    order) that owns trainable parameters directly (e.g. the classifier head); ``"lora"``: parameters whose
+    name contains ``lora_``; otherwise a regex or a list of regexes matched (``re.search``) against names.
+    """
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError(f"{type(module).__name__} has no trainable parameters")
+    if spec == "all":
+        chosen = named
+    elif spec == "last_layer":
+        owners = [(mn, m) for mn, m in module.named_modules()
+                  if any(p.requires_grad for p in m.parameters(recurse=False))]
+        last_name, last = owners[-1]
+        prefix = f"{last_name}." if last_name else ""
+        chosen = [(prefix + n, p) for n, p in last.named_parameters(recurse=False) if p.requires_grad]
+    elif spec == "lora":
+        chosen = [(n, p) for n, p in named if "lora_" in n]
+    else:
+        patterns = [spec] if isinstance(spec, str) else list(spec)
+        chosen = [(n, p) for n, p in named if any(re.search(pt, n) for pt in patterns)]
+    if not chosen:
+        names = [n for n, _ in named][:20]
+        raise ValueError(f"attribution.gradients.parameters={spec!r} matched no trainable parameter; "
+                         f"available names start with {names}")
+    return dict(chosen)
+
+
+def _is_hf_conv1d(m: nn.Module) -> bool:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is optional for the engine
+        return False
+    return isinstance(m, Conv1D)
+
+
+def hook_rule(m: nn.Module) -> str | None:
+    """Name of the closed-form per-sample rule for ``m``'s own parameters, or None (torch.func fallback)."""
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if _is_hf_conv1d(m):
+        return "conv1d"
+    if isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+        return "conv2d"
+    if isinstance(m, nn.Embedding) and m.max_norm is None and not m.scale_grad_by_freq:
+        return "embedding"
+    if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+        return "layernorm"
+    return None
+
+
+_WEIGHT_LAYOUT = {"linear": "out_in", "conv2d": "out_in", "conv1d": "in_out"}
+
+
+class PerSampleGradients:
+    """Exact per-sample gradients of ``per_sample_loss`` w.r.t. the selected parameters, compressed on the fly.
+
+    ``autocast``: ``"bf16"`` runs forward/backward under bfloat16 autocast (GPU speed; gradients are then
+    approximate); ``None`` (default) keeps float32. ``max_chunk_bytes`` bounds any materialized per-sample
+    weight-gradient temporary (samples are processed in chunks below it).
+    """
+
+    def __init__(self, parameters: str | list[str] = "last_layer", compressor: Compressor | None = None,
+                 device: str | None = None, progress: bool = True, autocast: str | None = None,
+                 max_chunk_bytes: int = 1 << 30):
+        if autocast not in (None, "bf16", "fp16"):
+            raise ValueError(f"attribution.gradients.autocast must be null, 'bf16' or 'fp16', got {autocast!r}")
+        self.parameters = parameters
+        self.compressor = compressor or Identity()
+        self.device = device
+        self.progress = progress
+        self.autocast = autocast
+        self.max_chunk_bytes = int(max_chunk_bytes)
+
+    def blocks(self, params: dict[str, nn.Parameter]) -> list[Block]:
+        out, start = [], 0
+        for name, p in params.items():
+            out.append(Block(name, start, start + p.numel()))
+            start += p.numel()
+        return out
+
+    # ---- planning -------------------------------------------------------------------------------------
+    def _plan(self, module: nn.Module, params: dict[str, nn.Parameter]):
+        """Which (module, attribute) uses of each selected parameter have a hook rule; the rest fall back."""
+        owners: dict[int, list[tuple[nn.Module, str]]] = {}
+        for m in module.modules():
+            for attr, p in m.named_parameters(recurse=False):
+                owners.setdefault(id(p), []).append((m, attr))
+        hooked: dict[nn.Module, list[tuple[str, int]]] = {}
+        fallback: list[str] = []
+        infos: list[ParamInfo] = []
+        for i, (name, p) in enumerate(params.items()):
+            uses = owners.get(id(p), [])
+            rules = [hook_rule(m) for m, _ in uses]
+            ok = bool(uses) and all(r is not None and a in ("weight", "bias") for r, (_, a) in zip(rules, uses))
+            if ok:
+                for m, attr in uses:
+                    hooked.setdefault(m, []).append((attr, i))
+            else:
+                fallback.append(name)
+            # a weight used only by Linear-like layers of one storage layout can be compressed from its factors
+            layouts = {_WEIGHT_LAYOUT.get(r) if a == "weight" else None for r, (_, a) in zip(rules, uses)}
+            layout = layouts.pop() if ok and len(layouts) == 1 and None not in layouts else "other"
+            infos.append(ParamInfo(name, tuple(p.shape), layout))
+        return hooked, fallback, infos
+
+    # ---- one batch ------------------------------------------------------------------------------------
+    def _autocast(self, device: torch.device):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.autocast == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def compress_batch(self, module: nn.Module, batch: dict, params: dict[str, nn.Parameter], plan) -> torch.Tensor:
+        """[B, r] compressed per-sample gradients of one batch (compressor already set up)."""
+        hooked, fallback, _ = plan
+        names = list(params)
+        parts: list[torch.Tensor | None] = [None] * len(names)
+
+        def add(i: int, part: torch.Tensor) -> None:
+            parts[i] = part if parts[i] is None else parts[i] + part
+
+        handles = []
+        n_rows: list[int] = []
+
+        def fwd_hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if not (isinstance(out, torch.Tensor) and out.requires_grad):
+                return
+            inp = args[0].detach()
+            out.register_hook(lambda g, m=m, inp=inp: self._contribute(m, hooked[m], inp, g, n_rows[0], add))
+
+        try:
+            for m in hooked:
+                handles.append(m.register_forward_hook(fwd_hook))
+            with torch.enable_grad():
+                dev = next(iter(params.values())).device
+                with self._autocast(dev):
+                    loss = module.per_sample_loss(batch)
+                if loss.ndim != 1:
+                    raise ValueError(f"{type(module).__name__}.per_sample_loss must return shape [B], got {tuple(loss.shape)}")
+                n_rows.append(loss.shape[0])
+                targets = list({id(params[names[i]]): params[names[i]] for uses in hooked.values() for _, i in uses}.values())
+                if targets:
+                    torch.autograd.grad(loss.float().sum(), targets, allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        if fallback:
+            for name, g in self._torch_func(module, batch, {n: params[n] for n in fallback}).items():
+                add(names.index(name), self.compressor.compress_block(names.index(name), g.reshape(g.shape[0], -1)))
+        B = n_rows[0]
+        for i, p in enumerate(parts):  # a parameter unused by this batch has zero gradient
+            if p is None:
+                parts[i] = self.compressor.compress_block(i, torch.zeros(B, params[names[i]].numel(), device=dev, dtype=torch.float32))
+        return self.compressor.combine(parts)
+
+    def _contribute(self, m: nn.Module, uses: list[tuple[str, int]], inp: torch.Tensor, g_out: torch.Tensor, B: int,
+                    add) -> None:
+        """Per-sample contributions of one call of ``m`` to each of its selected parameters, compressed."""
+        rule = hook_rule(m)
+        comp = self.compressor
+        if rule in ("linear", "conv1d", "conv2d"):
+            if rule == "conv2d":
+                acts = F.unfold(inp, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
+                gout = g_out.reshape(B, g_out.shape[1], -1).transpose(1, 2)
+            else:
+                acts = inp.reshape(B, -1, inp.shape[-1])
+                gout = g_out.reshape(B, -1, g_out.shape[-1])
+            for attr, i in uses:
+                if attr == "bias":
+                    add(i, comp.compress_block(i, gout.float().sum(1)))
+                    continue
+                part = comp.compress_factors(i, acts, gout)
+                if part is None:
+                    eq = "bti,bto->bio" if rule == "conv1d" else "bti,bto->boi"
+                    part = self._chunked(i, B, acts.shape[-1] * gout.shape[-1],
+                                         lambda s: torch.einsum(eq, acts[s].float(), gout[s].float()))
+                add(i, part)
+        elif rule == "embedding":
+            idx = inp.reshape(B, -1)
+            gout = g_out.reshape(B, -1, m.embedding_dim).float()
+            if m.padding_idx is not None:
+                gout = gout * (idx != m.padding_idx).unsqueeze(-1)
+            for _, i in uses:
+                add(i, self._chunked(i, B, m.num_embeddings * m.embedding_dim, lambda s: _embedding_grads(idx[s], gout[s], m.num_embeddings)))
+        elif rule == "layernorm":
+            nd = len(m.normalized_shape)
+            xhat = F.layer_norm(inp.float(), m.normalized_shape, eps=m.eps)
+            gout = g_out.float()
+            for attr, i in uses:
+                t = gout * xhat if attr == "weight" else gout
+                add(i, comp.compress_block(i, t.reshape(B, -1, *t.shape[t.ndim - nd:]).sum(1).reshape(B, -1)))
+
+    def _chunked(self, i: int, B: int, d: int, make) -> torch.Tensor:
+        """Compress materialized per-sample gradients ``make(slice) -> [b, ...]`` in sample chunks under the budget."""
+        step = max(1, self.max_chunk_bytes // max(1, 4 * d))
+        out = [self.compressor.compress_block(i, make(slice(s, s + step)).reshape(-1, d)) for s in range(0, B, step)]
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    def _torch_func(self, module: nn.Module, batch: dict, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        with torch.enable_grad(), self._autocast(next(iter(params.values())).device):
+            return self._per_sample_fn(module)({n: p.detach() for n, p in params.items()}, tensors)
+
+    def _per_sample_fn(self, module: nn.Module):
+        wrapper = _LossOf(module)
+
+        def loss_one(p: dict[str, torch.Tensor], sample: dict) -> torch.Tensor:
+            batch = {k: v.unsqueeze(0) for k, v in sample.items()}
+            return functional_call(wrapper, {f"m.{n}": t for n, t in p.items()}, (batch,), strict=False).float()
+
+        return vmap(grad(loss_one), in_dims=(None, 0))
+
+    def compute(self, module: nn.Module, batch: dict, params: dict[str, nn.Parameter]) -> torch.Tensor:
+        """[B, d] flattened per-sample gradients of one batch by ``torch.func`` (uncompressed reference)."""
+        g = self._torch_func(module, batch, params)
+        return torch.cat([g[n].reshape(g[n].shape[0], -1) for n in params], dim=1)
+
+    # ---- the whole loader -----------------------------------------------------------------------------
+    def prepare(self, module: nn.Module, n_samples: int | None = None):
+        """Select parameters, plan hooks and set the compressor up; returns ``(params, plan)``."""
+        device = torch.device(self.device) if self.device else next(module.parameters()).device
+        params = select_parameters(module, self.parameters)
+        plan = self._plan(module, params)
+        self.compressor.setup(self.blocks(params), device, params=plan[2], n_samples=n_samples)
+        return params, plan
+
+    @torch.no_grad()
+    def gather(self, module: nn.Module, loader: Iterable[dict], desc: str = "gradients", store=None) -> GradientSet:
+        """Stream ``loader`` and return the compressed per-sample gradients of every sample, in loader order.
+
+        With ``store`` (a :class:`gradsift.attribution.store.GradientStore`) rows are written to disk shard by
+        shard, batches already in complete shards are skipped (resume), and the stored set is returned.
+        """
+        was_training = module.training
+        module.eval()
+        device = torch.device(self.device) if self.device else next(module.parameters()).device
+        dataset = getattr(loader, "dataset", None)
+        params, plan = self.prepare(module, n_samples=len(dataset) if dataset is not None else None)
+        meta = {"compressor": self.compressor.state(), "parameters": list(params)}
+        skip = 0
+        if store is not None:
+            skip = store.open(dim=self.compressor.out_blocks[-1].stop, blocks=self.compressor.out_blocks, meta=meta)
+        rows, index, labels = [], [], []
+        try:
+            for b, batch in enumerate(_progress(loader, desc, self.progress)):
+                if b < skip:
+                    continue
+                batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                g = self.compress_batch(module, batch, params, plan).float().cpu().numpy()
+                ix, lb = batch["index"].cpu().numpy(), batch["label"].cpu().numpy()
+                if store is not None:
+                    store.append(g, ix, lb)
+                else:
+                    rows.append(g)
+                    index.append(ix)
+                    labels.append(lb)
+        finally:
+            module.train(was_training)
+        if store is not None:
+            store.close()
+            return store.gradient_set()
+        return GradientSet(np.concatenate(rows), np.concatenate(index), np.concatenate(labels),
+                           blocks=list(self.compressor.out_blocks), meta=meta)
+
+
+def _embedding_grads(idx: torch.Tensor, gout: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Per-sample embedding-table gradients [b, vocab, dim]: each sample's output gradients summed per token id."""
+    b, t = idx.shape
+    out = gout.new_zeros(b * vocab, gout.shape[-1])
+    rows = (idx + vocab * torch.arange(b, device=idx.device).unsqueeze(1)).reshape(-1)
+    return out.index_add_(0, rows, gout.reshape(b * t, -1)).view(b, vocab, -1)
+
+
+class _LossOf(nn.Module):
+    """Makes ``module.per_sample_loss`` the forward of a module, so ``functional_call`` can swap its parameters."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.m = module
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.m.per_sample_loss(batch).sum()
+
+
+def _progress(it: Iterable, desc: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return it
+    try:
+        from rich.progress import track
+
+        total = len(it)  # type: ignore[arg-type]
+        return track(it, description=desc, total=total, transient=True)
+    except TypeError:
+        return it

@@ -1,0 +1,55 @@
+"""The small contract a LightningModule meets so gradsift can attribute it.
+
+A module is attributable when it implements ``per_sample_loss(batch) -> Tensor[B]``: the unreduced loss of
+every sample in a batch dict, computed so that sample i's loss depends only on sample i (true in eval mode for
+every standard layer; BatchNorm must be in eval mode, which the engine ensures). ``logits(batch)`` is optional
+and enables probability-based scorers (cleanlab) and accuracy metrics.
+
+:class:`GradsiftModule` implements the Lightning steps from those two methods, so a subclass only writes
+``forward``/``logits``/``per_sample_loss`` and ``configure_optimizers``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+
+@runtime_checkable
+class Attributable(Protocol):
+    def per_sample_loss(self, batch: dict) -> torch.Tensor: ...
+
+
+class GradsiftModule(pl.LightningModule):
+    """Classification module whose steps are built from ``logits(batch)``; loss = cross entropy on ``label``."""
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def per_sample_loss(self, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(self.logits(batch), batch["label"], reduction="none")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.per_sample_loss(batch).mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        logits = self.logits(batch)
+        n = len(batch["label"])
+        # evaluation splits are clean: score against clean_label where the datamodule provides it
+        target = batch.get("clean_label", batch["label"])
+        self.log(f"{stage}/loss", F.cross_entropy(logits, target), batch_size=n)
+        self.log(f"{stage}/acc", (logits.argmax(-1) == target).float().mean(), prog_bar=True, batch_size=n)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self.logits(batch).softmax(-1)

@@ -1,0 +1,85 @@
+"""A pretrained encoder fine-tuned with LoRA for binary GLUE tasks (DataInf / OGA Sec. 6 / dropout paper Sec. 4.1).
+
+The setup of OGA Appendix B.2.2 and Table 8 of the dropout paper: PEFT LoRA on every attention value matrix,
+rank 4 (2 or 8 in the dropout paper), dropout 0.05, AdamW lr 3e-4 without weight decay, linear schedule, batch 32,
+10 epochs. As in DataInf, ``lora_alpha`` defaults to the rank and the classification head is trained too
+(``train_head``); attribution can still be restricted to the adapters with ``parameters: lora``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, get_scheduler
+
+from gradsift.models.base import GradsiftModule
+from gradsift.models.pretrained import resolve_model
+
+
+class SequenceClassifier(GradsiftModule):
+    """``AutoModelForSequenceClassification`` + LoRA adapters; ``logits(batch)`` reads the tokenizer's keys.
+
+    ``model`` is a name for :func:`gradsift.models.pretrained.resolve_model` (``minilm``, ``roberta-large``, a
+    directory); ``config`` (a ``PretrainedConfig`` or a dict with ``model_type``) instead builds a randomly
+    initialised model without any download, for tests.
+    """
+
+    def __init__(self, model: str | None = "minilm", config: PretrainedConfig | Mapping[str, Any] | None = None,
+                 num_labels: int = 2, lora_rank: int = 4, lora_alpha: float | None = None, lora_dropout: float = 0.05,
+                 target_modules: Sequence[str] = ("value",), train_head: bool = True, lr: float = 3e-4,
+                 weight_decay: float = 0.0, scheduler: str | None = "linear", warmup_ratio: float = 0.06,
+                 attn_implementation: str | None = None, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters(ignore=["config"])
+        if (model is None) == (config is None):
+            raise ValueError("SequenceClassifier needs exactly one of model= (a name or directory) and config= "
+                             f"(a PretrainedConfig or dict with model_type); got model={model!r}, config={config!r}")
+        if scheduler not in (None, "linear"):
+            raise ValueError(f"model.scheduler must be 'linear' or null, got {scheduler!r}")
+        lora = LoraConfig(task_type="SEQ_CLS", r=lora_rank, lora_alpha=lora_alpha or lora_rank,
+                          lora_dropout=lora_dropout, target_modules=list(target_modules))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the new head and the LoRA A matrices come from the seed, not the global RNG
+            self.net = get_peft_model(build_backbone(model, config, num_labels, attn_implementation), lora)
+        if not train_head:
+            for name, p in self.net.named_parameters():
+                if "lora_" not in name:
+                    p.requires_grad_(False)
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        # A 2-D padding mask makes transformers branch on its content (``mask.all()``), which torch.func.vmap
+        # cannot trace; the equivalent additive [B, 1, 1, L] mask is used as given by every attention backend.
+        mask = batch["attention_mask"]
+        dtype = self.net.get_input_embeddings().weight.dtype
+        additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+        inputs = {k: batch[k] for k in ("input_ids", "token_type_ids") if k in batch}
+        return self.net(**inputs, attention_mask=additive).logits
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = get_scheduler("linear", optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * total),
+                                 num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def build_backbone(model: str | None, config: PretrainedConfig | Mapping[str, Any] | None, num_labels: int,
+                   attn_implementation: str | None = None) -> torch.nn.Module:
+    """``AutoModelForSequenceClassification`` from pretrained files (fp32, also from bf16 exports) or a config."""
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if config is None:
+        return AutoModelForSequenceClassification.from_pretrained(resolve_model(model), num_labels=num_labels,
+                                                                  dtype=torch.float32, **kwargs)
+    if isinstance(config, Mapping):
+        config = dict(config)
+        if "model_type" not in config:
+            raise ValueError("model.config must name its model_type (e.g. 'roberta', 'bert')")
+        config = AutoConfig.for_model(config.pop("model_type"), **config)
+    config.num_labels = num_labels
+    return AutoModelForSequenceClassification.from_config(config, **kwargs)

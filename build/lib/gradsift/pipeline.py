@@ -1,0 +1,213 @@
+"""train -> attribute -> score -> trim -> retrain -> evaluate, from one Hydra config.
+
+The base model and its gradients are cached by the hash of the config sections that determine them
+(``BASE_KEYS``), so a multirun over scorer x trim budget trains and gathers once per seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import roc_auc_score
+
+from gradsift.attribution.callback import AttributionCallback
+from gradsift.attribution.gradient_set import GradientSet
+from gradsift.cache import ArtifactCache, config_hash
+from gradsift.data.base import NoisyLabelDataModule
+from gradsift.scoring.base import Scorer
+from gradsift.trim import Trim
+
+log = logging.getLogger(__name__)
+
+#: config sections that determine the trained base model and its gradients
+BASE_KEYS = ["data", "model", "trainer", "gradients", "compressor", "seed", "attribution"]
+
+
+def fit_and_test(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: list | None = None,
+                 stage: str = "train") -> tuple[pl.LightningModule, float, float]:
+    """Train a fresh model from ``cfg.model`` on ``datamodule``; return (model, clean test accuracy, seconds)."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = instantiate(cfg.model)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks or [], logger=_logger(cfg, stage))
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    seconds = time.perf_counter() - t0
+    metrics = trainer.test(model, datamodule=datamodule, verbose=False)
+    return model, float(metrics[0]["test/acc"]), seconds
+
+
+def _logger(cfg: DictConfig, stage: str):
+    lg = cfg.get("logger")
+    if not lg or "_target_" not in lg:
+        return False
+    return instantiate(lg, **({"name": stage} if "name" in lg else {}))
+
+
+def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Scorer | None) -> dict:
+    """Train the base model and gather its gradients, or load them from the cache."""
+    cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
+    key = config_hash(cfg, BASE_KEYS)
+    needs_hessian = bool(getattr(scorer, "needs_hessian", False))
+
+    def build(out: Path) -> None:
+        cb = AttributionCallback(gradients=instantiate(cfg.gradients, compressor=instantiate(cfg.compressor)),
+                                 reference=cfg.attribution.reference, probs=True, seed=cfg.seed)
+        model, acc, seconds = fit_and_test(cfg, datamodule, [cb], stage="base")
+        torch.save(model.state_dict(), out / "model.pt")
+        for split, gs in cb.gradients.items():
+            gs.save(str(out / f"grads_{split}.npz"))
+        if cb.train_probs is not None:
+            np.save(out / "train_probs.npy", cb.train_probs)
+        meta = {"base_test_acc": acc, "train_s": seconds, "gradients_s": cb.timings["gradients_s"],
+                "compressor": cb.gradients["train"].meta.get("compressor"), "key": key}
+        (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    path, hit = cache.get_or_create("base", key, build)
+    meta = json.loads((path / "meta.json").read_text())
+    art = {"key": key, "hit": hit, "path": path, "meta": meta,
+           "train": GradientSet.load(str(path / "grads_train.npz")),
+           "val": GradientSet.load(str(path / "grads_val.npz")) if (path / "grads_val.npz").exists() else None,
+           "train_probs": np.load(path / "train_probs.npy") if (path / "train_probs.npy").exists() else None}
+    if needs_hessian:
+        art["hessian"] = _cached_hessian(cfg, datamodule, path)
+    return art
+
+
+def _cached_hessian(cfg: DictConfig, datamodule: NoisyLabelDataModule, path: Path) -> np.ndarray:
+    file = path / "hessian.npy"
+    if not file.exists():
+        model = instantiate(cfg.model)
+        model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
+        cb = AttributionCallback(gradients=instantiate(cfg.gradients, compressor=instantiate(cfg.compressor)))
+        tmp = file.with_suffix(f".tmp{id(cb)}.npy")
+        np.save(tmp, cb.compute_hessian(model, datamodule))
+        tmp.replace(file)
+    return np.load(file)
+
+
+def detection_metrics(remove: np.ndarray, scores: np.ndarray | None, noise: np.ndarray) -> dict:
+    """Detection quality against the true flip mask (OGA Table 1: accuracy of flagged vs not over ALL samples)."""
+    tp = int((remove & noise).sum())
+    out = {"detection_acc": float((remove == noise).mean()), "n_trimmed": int(remove.sum()),
+           "n_noisy": int(noise.sum()), "true_positives": tp,
+           "precision": tp / int(remove.sum()) if remove.any() else float("nan"),
+           "recall": tp / int(noise.sum()) if noise.any() else float("nan")}
+    if scores is not None and 0 < noise.sum() < len(noise):
+        out["detection_auc"] = float(roc_auc_score(noise, scores))
+    return out
+
+
+def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
+    """One run of the whole flow; writes ``result.json`` in ``output_dir`` and returns it as a dict.
+
+    ``choices`` are Hydra's config-group choices (``scorer: iforest`` ...), recorded to name the run.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("torch_threads"):
+        # tiny models: one intra-op thread avoids OpenMP spin contention (30x slower when several jobs share cores)
+        torch.set_num_threads(int(cfg.torch_threads))
+    t_start = time.perf_counter()
+    result = {"experiment": cfg.experiment_name, "dataset": cfg.data.get("name", cfg.data._target_.rsplit(".", 1)[-1]),
+              "seed": int(cfg.seed), "config_hash": config_hash(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
+              "versions": versions(), "status": "running", "error": None}
+    try:
+        scorer: Scorer = instantiate(cfg.scorer)
+        trim: Trim = instantiate(cfg.trim)
+        method = cfg.get("method") or scorer.display_name + (" [detector labels]" if trim.selection == "detector" else "")
+        result.update(method=method, scorer=(choices or {}).get("scorer") or cfg.scorer._target_.rsplit(".", 1)[-1],
+                      compressor=(choices or {}).get("compressor") or cfg.compressor._target_.rsplit(".", 1)[-1], budget=trim.describe(),
+                      selection=trim.selection, paper_table=cfg.get("paper_table"))
+        _write(output_dir, result)  # a killed job leaves a "running" record the summary marks as failed
+        datamodule: NoisyLabelDataModule = instantiate(cfg.data)
+        datamodule.setup()
+        art = base_artifacts(cfg, datamodule, scorer)
+        result["base_key"], result["cache_hit"] = art["key"], art["hit"]
+
+        cb = AttributionCallback(scorer=scorer, trim=trim, reference=cfg.attribution.reference, seed=cfg.seed,
+                                 output_dir=str(output_dir))
+        cb.gradients = {"train": art["train"], **({"val": art["val"]} if art["val"] is not None else {})}
+        cb.train_probs, cb.hessian = art["train_probs"], art.get("hessian")
+        scores = cb.score(datamodule)
+        remove = cb.flagged.sort_index()["flagged"].to_numpy()
+
+        train = art["train"]
+        noise = train.labels != cb.flagged.sort_index()["clean_label"].to_numpy()
+        metrics = {"base_test_acc": art["meta"]["base_test_acc"], **detection_metrics(remove, scores, noise)}
+        keep = train.index[~remove]
+        metrics["test_acc"], retrain_s, result["retrain_cache_hit"], result["finished_at"] = retrain(
+            cfg, datamodule, keep, art["key"])
+        result["metrics"] = metrics
+        result["timings"] = {"train_s": art["meta"]["train_s"], "gradients_s": art["meta"]["gradients_s"],
+                             "score_s": cb.timings["score_s"], "retrain_s": retrain_s,
+                             "total_s": time.perf_counter() - t_start}
+        result["status"] = "ok"
+        np.save(output_dir / "scores.npy", scores)
+    except Exception as exc:  # the run fails, but what was computed and the error are recorded
+        result["status"], result["error"] = "failed", f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        _write(output_dir, result)
+    return result
+
+
+def retrain(cfg: DictConfig, datamodule: NoisyLabelDataModule, keep: np.ndarray,
+            base_key: str) -> tuple[float, float, bool, str]:
+    """Retrain from scratch on the kept samples; cached by (base key, kept set) so re-running a sweep is free.
+
+    Returns (clean test accuracy, seconds, cache hit, when the retrain finished)."""
+    cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
+    key = config_hash({"base": base_key, "keep": hashlib.sha256(np.sort(keep).astype(np.int64).tobytes()).hexdigest()})
+
+    def build(out: Path) -> None:
+        _, acc, seconds = fit_and_test(cfg, datamodule.with_keep(keep), stage="retrain")
+        (out / "meta.json").write_text(json.dumps({"test_acc": acc, "retrain_s": seconds, "n_kept": len(keep),
+                                                   "finished_at": _now()}))
+
+    path, hit = cache.get_or_create("retrain", key, build)
+    meta = json.loads((path / "meta.json").read_text())
+    return meta["test_acc"], meta["retrain_s"], hit, meta["finished_at"]
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _write(output_dir: Path, result: dict) -> None:
+    tmp = output_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2, default=_json_default))
+    tmp.replace(output_dir / "result.json")
+
+
+def versions() -> dict:
+    import sklearn
+
+    import gradsift
+
+    return {"gradsift": gradsift.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__, "sklearn": sklearn.__version__, "numpy": np.__version__,
+            "platform": platform.platform()}
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

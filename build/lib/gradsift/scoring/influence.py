@@ -1,0 +1,429 @@
+"""The influence-function family, computed from gradients the engine already gathered (OGA paper Sec. 3.1 and
+Table 1; dropout paper Sec. 2, 3 and Appendix B).
+
+Sign (every scorer here): ``score(z_k) = I(z_k) = -(mean_j g_ref_j)^T (H + Lambda)^-1 g_k`` (Eq. 1 of the dropout
+paper, after Koh & Liang 2017). Upweighting z_k by eps changes the reference loss by eps * I(z_k), so removing it
+(eps = -1/n) changes the reference loss by about ``-(1/n) I(z_k) = +(1/n) g_ref^T (H + Lambda)^-1 g_k``: a sample
+whose removal would LOWER the reference loss has a large I(z_k) and scores HIGH (= more detrimental, as every
+scorer). The reference gradients are ``inputs.val``: validation gradients, or the training gradients themselves
+when the experiment uses the training set as reference (the OGA synthetic experiment). Self-influence scores are
+``g_k^T (H + Lambda)^-1 g_k`` (higher = more suspicious; Bejan et al. 2023) and need no reference.
+
+``H`` is either ``"gauss_newton"`` (alias ``"fisher"``): ``(1/n) G^T G`` of the training gradients (the empirical
+Fisher / Gauss-Newton Hessian of cross entropy, dropout paper Sec. 2.1), or ``"exact"``: the loss Hessian of the
+chosen parameters that the callback puts in ``inputs.extra["hessian"]`` (``attribution/hessian.py``).
+``Lambda`` is a per-block (per-layer) damping: ``"auto"`` gives ``lambda_l = 0.1 * mean_i ||g_l(z_i)||^2 / d_l``
+(dropout paper Appendix D.1), a float gives the same lambda to every block. Dense algebra runs in float64 over
+row chunks of the (possibly memory-mapped) gradient matrix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from gradsift.attribution.gradient_set import Block
+from gradsift.scoring.base import Scorer, ScoringInputs
+
+HESSIANS = ("gauss_newton", "fisher", "exact")
+
+
+# -- small float64 building blocks ------------------------------------------------------------------------------
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _rows(grads: np.ndarray, sl: slice, cols: slice = slice(None)) -> np.ndarray:
+    return np.asarray(grads[sl, cols], dtype=np.float64)
+
+
+def mean_gradient(grads: np.ndarray, chunk_size: int = 4096) -> np.ndarray:
+    """Mean row of ``grads`` in float64 (the ``v`` of Eq. 1 when ``grads`` are the reference gradients)."""
+    total = np.zeros(grads.shape[1])
+    for sl in _chunks(grads.shape[0], chunk_size):
+        total += _rows(grads, sl).sum(axis=0)
+    return total / grads.shape[0]
+
+
+def block_damping(grads: np.ndarray, blocks: list[Block], damping: float | str, chunk_size: int = 4096) -> np.ndarray:
+    """One damping per block: ``"auto"`` = 0.1 * mean_i ||g_l(z_i)||^2 / d_l (dropout paper App. D.1), or a float."""
+    if damping == "auto":
+        sq = np.zeros(len(blocks))
+        for sl in _chunks(grads.shape[0], chunk_size):
+            g = _rows(grads, sl)
+            sq += [np.einsum("ij,ij->", g[:, b.start:b.stop], g[:, b.start:b.stop]) for b in blocks]
+        lam = 0.1 * sq / grads.shape[0] / np.array([b.size for b in blocks])
+        if (lam <= 0).any():
+            zero = [b.name for b, v in zip(blocks, lam) if v <= 0]
+            raise ValueError(f"scorer.damping='auto' is 0 for blocks {zero} (all-zero gradients); set scorer.damping "
+                             "to a positive float")
+        return lam
+    if isinstance(damping, (int, float)) and not isinstance(damping, bool) and damping >= 0:
+        return np.full(len(blocks), float(damping))
+    raise ValueError(f"scorer.damping must be 'auto' or a non-negative float, got {damping!r}")
+
+
+def gauss_newton(grads: np.ndarray, cols: slice = slice(None), chunk_size: int = 4096) -> np.ndarray:
+    """``(1/n) G^T G`` of the columns ``cols``: the Gauss-Newton / empirical Fisher Hessian (dropout paper Sec. 2.1)."""
+    d = len(range(*cols.indices(grads.shape[1])))
+    h = np.zeros((d, d))
+    for sl in _chunks(grads.shape[0], chunk_size):
+        g = _rows(grads, sl, cols)
+        h += g.T @ g
+    return h / grads.shape[0]
+
+
+def row_quadratic_forms(grads: np.ndarray, q: np.ndarray, cols: slice = slice(None),
+                        chunk_size: int = 4096) -> np.ndarray:
+    """``g_k^T Q g_k`` for every row ``g_k`` of ``grads[:, cols]``."""
+    out = np.empty(grads.shape[0])
+    for sl in _chunks(grads.shape[0], chunk_size):
+        g = _rows(grads, sl, cols)
+        out[sl] = np.einsum("ij,ij->i", g @ q, g)
+    return out
+
+
+def _matvec(grads: np.ndarray, x: np.ndarray, chunk_size: int) -> np.ndarray:
+    out = np.empty(grads.shape[0])
+    for sl in _chunks(grads.shape[0], chunk_size):
+        out[sl] = _rows(grads, sl) @ x
+    return out
+
+
+@dataclass
+class Curvature:
+    """``H + Lambda`` restricted to the columns ``cols``: dense, or matrix-free ``(1/n) G^T G`` (DataInf's code)."""
+
+    cols: slice
+    damping: np.ndarray  # [d_cols] diagonal of Lambda
+    dense: np.ndarray | None  # undamped H on cols, or None for matrix-free Gauss-Newton
+    grads: np.ndarray
+    chunk_size: int = 4096
+
+    @property
+    def dim(self) -> int:
+        return len(self.damping)
+
+    def matmat(self, s: np.ndarray) -> np.ndarray:
+        """``S (H + Lambda)`` for a stack of row vectors ``S`` [k, d_cols] (H is symmetric)."""
+        if self.dense is not None:
+            return s @ self.dense + s * self.damping
+        # matrix-free products stay in the gradients' own precision (no float64 copy of G per product)
+        dtype = np.result_type(self.grads.dtype, np.float32)
+        s_low, out, n = s.astype(dtype), s * self.damping, self.grads.shape[0]
+        for sl in _chunks(n, self.chunk_size):
+            g = np.asarray(self.grads[sl, self.cols], dtype=dtype)
+            out += (s_low @ g.T) @ g / n
+        return out
+
+    def matrix(self) -> np.ndarray:
+        """The damped matrix itself (dense curvature only)."""
+        return self.dense + np.diag(self.damping)
+
+
+def curvatures(inputs: ScoringInputs, hessian: str, damping: float | str, block_diagonal: bool, dense: bool,
+               chunk_size: int = 4096) -> list[Curvature]:
+    """The damped curvature as one full operator or one operator per block (block-diagonal H, per-layer damping)."""
+    if hessian not in HESSIANS:
+        raise ValueError(f"scorer.hessian must be one of {HESSIANS}, got {hessian!r}")
+    train = inputs.train
+    lam = block_damping(train.grads, train.blocks, damping, chunk_size)
+    diag = np.concatenate([np.full(b.size, v) for b, v in zip(train.blocks, lam)])
+    full = _exact_hessian(inputs) if hessian == "exact" else None
+    spans = [slice(b.start, b.stop) for b in train.blocks] if block_diagonal else [slice(0, train.dim)]
+    out = []
+    for cols in spans:
+        if full is not None:
+            h = full[cols, cols]
+        else:
+            h = gauss_newton(train.grads, cols, chunk_size) if dense else None
+        out.append(Curvature(cols, diag[cols], h, train.grads, chunk_size))
+    return out
+
+
+def _exact_hessian(inputs: ScoringInputs) -> np.ndarray:
+    h = inputs.extra.get("hessian")
+    if h is None:
+        raise ValueError("scorer.hessian='exact' needs inputs.extra['hessian'] (the callback computes it with "
+                         "gradsift.attribution.hessian.loss_hessian when the scorer sets needs_hessian); use "
+                         "scorer.hessian=gauss_newton to build H from the gradients instead")
+    h = np.asarray(h, dtype=np.float64)
+    d = inputs.train.dim
+    if h.shape != (d, d):
+        raise ValueError(f"scorer.hessian='exact': the Hessian has shape {h.shape} but the gradients have {d} "
+                         "columns; the exact Hessian needs uncompressed gradients (compressor=identity) of the same "
+                         "parameters; use scorer.hessian=gauss_newton for compressed gradients")
+    return (h + h.T) / 2
+
+
+def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve ``a x = b`` by Cholesky; an indefinite exact Hessian falls back to a symmetric solve with a warning."""
+    try:
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a), b)
+    except np.linalg.LinAlgError:
+        warnings.warn("H + damping is not positive definite (non-convex loss?); solving the indefinite system; "
+                      "raise scorer.damping or use scorer.hessian=gauss_newton", stacklevel=3)
+        return scipy.linalg.solve(a, b, assume_a="sym")
+
+
+# -- scorers ----------------------------------------------------------------------------------------------------
+
+class _InfluenceScorer(Scorer):
+    """Shared plumbing: damping and chunking options, a display name, stored scores."""
+
+    needs_val = True
+
+    def __init__(self, damping: float | str = "auto", chunk_size: int = 4096, display_name: str | None = None):
+        if chunk_size < 1:
+            raise ValueError(f"scorer.chunk_size must be >= 1, got {chunk_size}")
+        self.damping, self.chunk_size = damping, chunk_size
+        if display_name:
+            self.display_name = display_name
+        self._scores: np.ndarray | None = None
+
+    def score(self) -> np.ndarray:
+        if self._scores is None:
+            raise RuntimeError(f"{type(self).__name__}.score() called before fit()")
+        return self._scores
+
+    def _reference(self, inputs: ScoringInputs) -> np.ndarray:
+        if inputs.val is None:
+            raise ValueError(f"{type(self).__name__} needs reference gradients in inputs.val")
+        if inputs.val.dim != inputs.train.dim:
+            raise ValueError(f"reference gradients have {inputs.val.dim} columns, training gradients "
+                             f"{inputs.train.dim}; gather both with the same parameters and compressor")
+        return mean_gradient(inputs.val.grads, self.chunk_size)
+
+
+class GradientTracing(_InfluenceScorer):
+    """Gradient Tracing / Hessian-free (TracIn at the last checkpoint, Pruthi et al. 2020): ``-(mean g_ref) . g_k``."""
+
+    display_name = "Gradient Tracing"
+
+    def __init__(self, chunk_size: int = 4096, display_name: str | None = None):
+        super().__init__(damping=0.0, chunk_size=chunk_size, display_name=display_name)
+
+    def fit(self, inputs: ScoringInputs) -> "GradientTracing":
+        self._scores = -_matvec(inputs.train.grads, self._reference(inputs), self.chunk_size)
+        return self
+
+
+class ExactInfluence(_InfluenceScorer):
+    """Exact influence (Eq. 1 of the dropout paper) with a dense damped Hessian and a Cholesky solve.
+
+    ``hessian="exact"`` uses the loss Hessian of the chosen parameters (the instance then has
+    ``needs_hessian = True`` so the callback computes it); ``"gauss_newton"``/``"fisher"`` uses (1/n) G^T G.
+    Cost: O(n d^2 + d^3) time, O(d^2) memory (dropout paper Table 6); refuses d > ``max_dim``.
+    """
+
+    display_name = "Exact Hessian"
+
+    def __init__(self, hessian: str = "exact", damping: float | str = "auto", max_dim: int = 20_000,
+                 chunk_size: int = 4096, display_name: str | None = None):
+        super().__init__(damping, chunk_size, display_name)
+        if hessian not in HESSIANS:
+            raise ValueError(f"scorer.hessian must be one of {HESSIANS}, got {hessian!r}")
+        self.hessian, self.max_dim = hessian, max_dim
+        self.needs_hessian = hessian == "exact"
+
+    def fit(self, inputs: ScoringInputs) -> "ExactInfluence":
+        if inputs.train.dim > self.max_dim:
+            raise ValueError(f"{type(self).__name__} needs a dense {inputs.train.dim}^2 Hessian, above "
+                             f"scorer.max_dim={self.max_dim}; compress the gradients (compressor=dropout) or use "
+                             "LiSSA/DataInf")
+        v = self._reference(inputs)
+        (curv,) = curvatures(inputs, self.hessian, self.damping, block_diagonal=False, dense=True,
+                             chunk_size=self.chunk_size)
+        self._scores = -_matvec(inputs.train.grads, _spd_solve(curv.matrix(), v), self.chunk_size)
+        return self
+
+
+class CompressedInfluence(ExactInfluence):
+    """"Orig." influence in a compressed space (Eq. 3 of the dropout paper): Eq. 1 on whatever (compressed)
+    gradients it is given, with ``H = (1/n) G^T G + Lambda`` of those gradients. Equals exact Gauss-Newton
+    influence under the identity compressor."""
+
+    display_name = "Orig."
+
+    def __init__(self, damping: float | str = "auto", max_dim: int = 20_000, chunk_size: int = 4096,
+                 display_name: str | None = None):
+        super().__init__("gauss_newton", damping, max_dim, chunk_size, display_name)
+
+
+class LiSSA(_InfluenceScorer):
+    """LiSSA (Agarwal et al. 2017; dropout paper Eq. 7-8): ``s_{i+1} = v + (I - (H + Lambda)/scale) s_i``, s_0 = v,
+    so ``s_depth / scale`` approximates ``(H + Lambda)^-1 v``; score = ``-g_k . s_depth / scale``.
+
+    By default H is block diagonal (one block per layer) and applied matrix-free as ``(1/n) G^T G v``, as in
+    DataInf's reference code. ``scale="auto"`` = max(1, lambda_max(H_l + Lambda_l)) per block (power iteration):
+    the paper's scale 1 whenever its convergence condition ``H + lambda I <= I`` holds, rescaled otherwise.
+    """
+
+    display_name = "LiSSA"
+
+    def __init__(self, depth: int = 10, scale: float | str = "auto", damping: float | str = "auto",
+                 hessian: str = "gauss_newton", block_diagonal: bool = True, max_dense_dim: int = 8192,
+                 chunk_size: int = 4096, display_name: str | None = None):
+        super().__init__(damping, chunk_size, display_name)
+        if not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"scorer.depth must be a non-negative int, got {depth!r}")
+        if scale != "auto" and not (isinstance(scale, (int, float)) and scale > 0):
+            raise ValueError(f"scorer.scale must be 'auto' or a positive float, got {scale!r}")
+        if hessian not in HESSIANS:
+            raise ValueError(f"scorer.hessian must be one of {HESSIANS}, got {hessian!r}")
+        self.depth, self.scale, self.hessian = depth, scale, hessian
+        self.block_diagonal, self.max_dense_dim = block_diagonal, max_dense_dim
+        self.needs_hessian = hessian == "exact"
+
+    def _curvatures(self, inputs: ScoringInputs, dense: bool) -> list[Curvature]:
+        return curvatures(inputs, self.hessian, self.damping, self.block_diagonal, dense, self.chunk_size)
+
+    def _scale(self, curv: Curvature, seed: int) -> float:
+        if self.scale != "auto":
+            return float(self.scale)
+        x = np.random.default_rng(seed).standard_normal(curv.dim)
+        top = 0.0
+        for _ in range(20):
+            y = curv.matmat(x[None])[0]
+            top = float(x @ y) / float(x @ x)
+            x = y / np.linalg.norm(y)
+        return max(1.0, top)
+
+    def _recursion(self, curv: Curvature, v: np.ndarray, scale: float) -> np.ndarray:
+        """``s_depth / scale`` for each row of ``v`` [k, d_cols]."""
+        s = v.copy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(self.depth):
+                s = v + s - curv.matmat(s) / scale
+        if not np.isfinite(s).all():
+            raise FloatingPointError(f"LiSSA diverged in block {curv.cols}: set scorer.scale above "
+                                     "lambda_max(H + damping) / 2, or scorer.scale=auto")
+        return s / scale
+
+    def ihvp(self, inputs: ScoringInputs) -> np.ndarray:
+        """LiSSA's estimate of ``(H + Lambda)^-1 v`` for the mean reference gradient ``v``."""
+        v = self._reference(inputs)
+        out = np.empty_like(v)
+        for curv in self._curvatures(inputs, dense=self.hessian == "exact"):
+            out[curv.cols] = self._recursion(curv, v[None, curv.cols], self._scale(curv, inputs.seed))[0]
+        return out
+
+    def fit(self, inputs: ScoringInputs) -> "LiSSA":
+        self._scores = -_matvec(inputs.train.grads, self.ihvp(inputs), self.chunk_size)
+        return self
+
+
+class SelfLiSSA(LiSSA):
+    """Self-LiSSA (Bejan et al. 2023): ``g_k^T s_depth(g_k) / scale`` with LiSSA's recursion started at v = g_k.
+
+    Blocks of at most ``max_dense_dim`` columns materialise the recursion's polynomial in H as a d_l x d_l matrix
+    (O(depth d_l^3 + n d_l^2)); larger blocks run the recursion matrix-free on row chunks (O(depth n^2 d_l)).
+    """
+
+    display_name = "Self-LiSSA"
+    needs_val = False
+
+    def fit(self, inputs: ScoringInputs) -> "SelfLiSSA":
+        grads = inputs.train.grads
+        scores = np.zeros(inputs.train.n)
+        small = all(b.size <= self.max_dense_dim for b in inputs.train.blocks) if self.block_diagonal \
+            else inputs.train.dim <= self.max_dense_dim
+        for curv in self._curvatures(inputs, dense=small or self.hessian == "exact"):
+            scale = self._scale(curv, inputs.seed)
+            if curv.dense is not None:
+                q = self._recursion(curv, np.eye(curv.dim), scale)
+                scores += row_quadratic_forms(grads, (q + q.T) / 2, curv.cols, self.chunk_size)
+                continue
+            for sl in _chunks(inputs.train.n, self.chunk_size):
+                g = _rows(grads, sl, curv.cols)
+                scores[sl] += np.einsum("ij,ij->i", self._recursion(curv, g, scale), g)
+        self._scores = scores
+        return self
+
+
+class DataInf(_InfluenceScorer):
+    """DataInf (Kwon et al. 2024; dropout paper Eq. 9-10): per block, the inverse of the mean is swapped for the
+    mean of Sherman-Morrison inverses, ``(H_l + lambda_l I)^-1 ~ (1/(n lambda_l)) sum_k (I - g_k g_k^T /
+    (lambda_l + ||g_k||^2))``, in O(n d) time and O(d) memory. Needs a positive damping."""
+
+    display_name = "DataInf"
+
+    def _setup(self, inputs: ScoringInputs) -> tuple[np.ndarray, np.ndarray]:
+        """Per-block damping and the per-row, per-block squared norms ``||g_{k,l}||^2`` [n, blocks]."""
+        train = inputs.train
+        lam = block_damping(train.grads, train.blocks, self.damping, self.chunk_size)
+        if (lam <= 0).any():
+            raise ValueError(f"{type(self).__name__} needs scorer.damping > 0 (or 'auto'), got {self.damping!r}")
+        sq = np.empty((train.n, len(train.blocks)))
+        for sl in _chunks(train.n, self.chunk_size):
+            g = _rows(train.grads, sl)
+            sq[sl] = np.stack([np.einsum("ij,ij->i", g[:, b.start:b.stop], g[:, b.start:b.stop])
+                               for b in train.blocks], axis=1)
+        return lam, sq
+
+    def fit(self, inputs: ScoringInputs) -> "DataInf":
+        train = inputs.train
+        v = self._reference(inputs)
+        lam, sq = self._setup(inputs)
+        # c_{k,l} = g_{k,l} . v_l / (lambda_l + ||g_{k,l}||^2), then ihvp_l = (v_l - (1/n) G_l^T c_l) / lambda_l
+        ihvp = v.copy()
+        for sl in _chunks(train.n, self.chunk_size):
+            g = _rows(train.grads, sl)
+            for i, b in enumerate(train.blocks):
+                gb = g[:, b.start:b.stop]
+                c = gb @ v[b.start:b.stop] / (lam[i] + sq[sl, i])
+                ihvp[b.start:b.stop] -= gb.T @ c / train.n
+        for i, b in enumerate(train.blocks):
+            ihvp[b.start:b.stop] /= lam[i]
+        self._scores = -_matvec(train.grads, ihvp, self.chunk_size)
+        return self
+
+
+class SelfDataInf(DataInf):
+    """Self-DataInf (OGA paper Table 1): ``g_i^T M g_i`` with DataInf's inverse M of Eq. 10, per block:
+    ``(1/lambda_l) (||g_{i,l}||^2 - (1/n) sum_k (g_{k,l} . g_{i,l})^2 / (lambda_l + ||g_{k,l}||^2))``.
+
+    Blocks of at most ``max_dense_dim`` columns form ``(1/n) G_l^T W G_l`` (O(n d_l^2)); larger ones use the Gram
+    matrix on row chunks (O(n^2 d_l)).
+    """
+
+    display_name = "Self-DataInf"
+    needs_val = False
+
+    def __init__(self, damping: float | str = "auto", max_dense_dim: int = 8192, chunk_size: int = 4096,
+                 display_name: str | None = None):
+        super().__init__(damping, chunk_size, display_name)
+        self.max_dense_dim = max_dense_dim
+
+    def fit(self, inputs: ScoringInputs) -> "SelfDataInf":
+        train, grads, n = inputs.train, inputs.train.grads, inputs.train.n
+        lam, sq = self._setup(inputs)
+        scores = np.zeros(n)
+        for i, b in enumerate(train.blocks):
+            cols, w = slice(b.start, b.stop), 1.0 / (lam[i] + sq[:, i])
+            if b.size <= self.max_dense_dim:
+                m = np.zeros((b.size, b.size))
+                for sl in _chunks(n, self.chunk_size):
+                    g = _rows(grads, sl, cols)
+                    m += (g * w[sl, None]).T @ g
+                swapped = row_quadratic_forms(grads, m / n, cols, self.chunk_size)
+            else:
+                swapped = np.zeros(n)
+                for rows in _chunks(n, self.chunk_size):
+                    gi = _rows(grads, rows, cols)
+                    for sl in _chunks(n, self.chunk_size):
+                        swapped[rows] += ((gi @ _rows(grads, sl, cols).T) ** 2 @ w[sl]) / n
+            scores += (sq[:, i] - swapped) / lam[i]
+        self._scores = scores
+        return self
+
+
+__all__ = ["GradientTracing", "ExactInfluence", "CompressedInfluence", "LiSSA", "SelfLiSSA", "DataInf",
+           "SelfDataInf", "Curvature", "curvatures", "block_damping", "gauss_newton", "mean_gradient",
+           "row_quadratic_forms"]

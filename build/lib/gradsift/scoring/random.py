@@ -1,0 +1,29 @@
+"""The "Random" row of the tables: uniform scores, i.e. trimming a random subset (dropout paper Sec. 4.2.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradsift.scoring.base import Scorer, ScoringInputs
+
+
+class RandomScorer(Scorer):
+    """Uniform [0, 1) scores drawn from ``inputs.seed`` (or ``seed`` when given), so a run is reproducible."""
+
+    display_name = "Random"
+
+    def __init__(self, seed: int | None = None, display_name: str | None = None):
+        self.seed = seed
+        if display_name:
+            self.display_name = display_name
+        self._scores: np.ndarray | None = None
+
+    def fit(self, inputs: ScoringInputs) -> "RandomScorer":
+        seed = inputs.seed if self.seed is None else self.seed
+        self._scores = np.random.default_rng(seed).random(inputs.train.n)
+        return self
+
+    def score(self) -> np.ndarray:
+        if self._scores is None:
+            raise RuntimeError("RandomScorer.score() called before fit()")
+        return self._scores

@@ -1,0 +1,1 @@
+"""Figures drawn from run outputs (galleries of flagged training samples)."""
