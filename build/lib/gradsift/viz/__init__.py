@@ -1,1 +1,0 @@
-"""Figures drawn from run outputs (galleries of flagged training samples)."""
