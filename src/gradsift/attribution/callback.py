@@ -26,14 +26,18 @@ from gradsift.scoring.base import Scorer, ScoringInputs
 from gradsift.trim import Trim
 
 
+#: which split's mean gradient is the reference loss of influence methods (``train`` reuses the training gradients)
+REFERENCES = ("val", "train", "test")
+
+
 class AttributionCallback(pl.Callback):
     """Gather per-sample gradients at fit end and (optionally) score and flag training samples."""
 
     def __init__(self, gradients: PerSampleGradients | None = None, parameters: str | list[str] = "last_layer",
                  compressor: Compressor | None = None, scorer: Scorer | None = None, trim: Trim | None = None,
                  reference: str = "val", probs: bool | None = None, output_dir: str | None = None, seed: int = 0):
-        if reference not in ("val", "train"):
-            raise ValueError(f"attribution.reference={reference!r}; expected 'val' or 'train'")
+        if reference not in REFERENCES:
+            raise ValueError(f"attribution.reference={reference!r}; expected one of {REFERENCES}")
         self.engine = gradients or PerSampleGradients(parameters=parameters, compressor=compressor)
         self.scorer, self.trim, self.reference, self.seed = scorer, trim, reference, seed
         self.want_probs = probs
@@ -53,8 +57,9 @@ class AttributionCallback(pl.Callback):
         self.attribute(pl_module, trainer.datamodule)
 
     # -- the work ---------------------------------------------------------------------------------
-    def needs_val(self) -> bool:
-        return self.reference == "val" and (self.scorer is None or self.scorer.needs_val)
+    def needs_reference(self) -> bool:
+        """Whether to gather gradients of a reference split other than the training set."""
+        return self.reference != "train" and (self.scorer is None or self.scorer.needs_val)
 
     def attribute(self, module: torch.nn.Module, datamodule) -> np.ndarray | None:
         if not callable(getattr(module, "per_sample_loss", None)):
@@ -62,8 +67,9 @@ class AttributionCallback(pl.Callback):
                             "see gradsift.models.base for the contract")
         t0 = time.perf_counter()
         self.gradients["train"] = self.engine.gather(module, datamodule.attribution_dataloader("train"), "train gradients")
-        if self.needs_val() and getattr(datamodule, "val_set", None) is not None:
-            self.gradients["val"] = self.engine.gather(module, datamodule.attribution_dataloader("val"), "val gradients")
+        if self.needs_reference() and getattr(datamodule, f"{self.reference}_set", None) is not None:
+            self.gradients["val"] = self.engine.gather(module, datamodule.attribution_dataloader(self.reference),
+                                                       f"{self.reference} gradients")
         self.timings["gradients_s"] = time.perf_counter() - t0
         want_probs = self.want_probs if self.want_probs is not None else bool(self.scorer and self.scorer.needs_probs)
         if want_probs and callable(getattr(module, "logits", None)):
@@ -82,7 +88,7 @@ class AttributionCallback(pl.Callback):
 
     def inputs(self) -> ScoringInputs:
         train = self.gradients["train"]
-        val = self.gradients.get("val") if self.reference == "val" else train
+        val = train if self.reference == "train" else self.gradients.get("val")
         extra = {"hessian": self.hessian} if self.hessian is not None else {}
         return ScoringInputs(train=train, val=val, train_probs=self.train_probs, seed=self.seed, extra=extra)
 

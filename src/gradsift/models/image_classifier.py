@@ -34,7 +34,9 @@ class ImageClassifier(GradsiftModule):
         self.backbone = backbone.to(memory_format=torch.channels_last) if channels_last else backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last and x.dim() == 4:
+        # channels_last inputs only while training: torch.func's vmap (the gradient engine's fallback for layers
+        # without a hook rule, e.g. BatchNorm) cannot clone channels_last tensors
+        if self.hparams.channels_last and x.dim() == 4 and self.training:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x)
 
