@@ -54,3 +54,14 @@ def test_oga_toy_set_matches_the_authors_flips(shared_data):
 def test_missing_toy_folder_names_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.data_dir"):
         OGAToyDataModule(data_dir=str(tmp_path)).setup()
+
+
+def test_subset_keeps_the_dataset_type_and_columns_come_back_as_numpy():
+    from gradsift.data.base import DictDataset
+
+    class Tagged(DictDataset):
+        tag = "kept"
+
+    ds = Tagged({"x": np.arange(10.0), "label": np.arange(10) % 2})
+    sub = ds.subset([1, 3])
+    assert isinstance(sub, Tagged) and list(sub.index) == [1, 3] and list(sub.column("label")) == [1, 1]

@@ -132,5 +132,5 @@ def _clean_labels(datamodule, index: np.ndarray) -> np.ndarray | None:
     if ds is None or not hasattr(ds, "columns") or "clean_label" not in ds.columns:
         return None
     pos = {int(ix): p for p, ix in enumerate(ds.index)}
-    clean = np.asarray(ds.columns["clean_label"])
+    clean = ds.column("clean_label") if hasattr(ds, "column") else np.asarray(ds.columns["clean_label"])
     return clean[[pos[int(i)] for i in index]]

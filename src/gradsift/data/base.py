@@ -9,6 +9,8 @@ plus the model's inputs under keys the matching model reads (``x`` for tensors, 
 
 from __future__ import annotations
 
+import copy
+
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -47,12 +49,20 @@ class DictDataset(Dataset):
         batch["index"] = torch.as_tensor(self.index[rows], dtype=torch.long)
         return batch
 
+    def column(self, key: str) -> np.ndarray:
+        """One column as a host numpy array (columns may live on the GPU)."""
+        v = self.columns[key]
+        return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
     def subset(self, rows: Sequence[int]) -> "DictDataset":
         """The same dataset restricted to ``rows`` (positions), keeping each row's original ``index``."""
         rows = np.asarray(rows, dtype=np.int64)
-        cols = {k: (v[rows] if isinstance(v, (np.ndarray, torch.Tensor)) else [v[r] for r in rows])
-                for k, v in self.columns.items()}
-        return DictDataset(cols, index=self.index[rows], transform=self.transform)
+        sub = copy.copy(self)  # keeps a subclass's type and settings (normalization, augmentation, device)
+        sub.columns = {k: (v[torch.as_tensor(rows, device=v.device)] if isinstance(v, torch.Tensor)
+                           else v[rows] if isinstance(v, np.ndarray) else [v[r] for r in rows])
+                       for k, v in self.columns.items()}
+        sub.index = self.index[rows]
+        return sub
 
 
 class NoisyLabelDataModule(pl.LightningDataModule):
@@ -147,8 +157,7 @@ class NoisyLabelDataModule(pl.LightningDataModule):
     def noise_mask(self) -> np.ndarray:
         """Boolean [n_train]: True where the given label differs from the clean label (current train split)."""
         self.setup()
-        cols = self.train_set.columns
-        return np.asarray(cols["label"]) != np.asarray(cols["clean_label"])
+        return self.train_set.column("label") != self.train_set.column("clean_label")
 
 
 def flip_labels(labels: np.ndarray, per_class: int | Mapping[int, int] | None = None, fraction: float | None = None,
