@@ -69,9 +69,9 @@ def log_run(cfg: DictConfig, result: dict, cb: AttributionCallback, datamodule: 
     rows = cb.flagged.head(top).to_dict("records")
     x = datamodule.full_train_set.columns.get("x")
     if isinstance(x, torch.Tensor) and x.ndim == 4:
-        pos = {int(ix): p for p, ix in enumerate(datamodule.full_train_set.index)}
-        for row in rows:
-            img = x[pos[int(row["index"])]]
+        rows_at = datamodule.full_train_set.positions([row["index"] for row in rows])
+        for row, p in zip(rows, rows_at):
+            img = x[int(p)]
             row["image"] = (img.permute(1, 2, 0) if img.shape[0] in (1, 3) else img).cpu().numpy()
     fig = score_plot(cb.flagged, title=f"{result['method']} | {result['dataset']} | seed {result['seed']}")
     log_attribution(lg, cb.flagged["score"].to_numpy(), rows, plots={"scores": fig}, timings=result["timings"])
@@ -164,10 +164,11 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         cb.gradients = {"train": art["train"], **({"val": art["val"]} if art["val"] is not None else {})}
         cb.train_probs, cb.hessian = art["train_probs"], art.get("hessian")
         scores = cb.score(datamodule)
-        remove = cb.flagged.sort_index()["flagged"].to_numpy()
+        by_row = cb.flagged.sort_index()  # back in training-row order
+        remove = by_row["flagged"].to_numpy()
 
         train = art["train"]
-        noise = train.labels != cb.flagged.sort_index()["clean_label"].to_numpy()
+        noise = train.labels != by_row["clean_label"].to_numpy()
         metrics = {"base_test_acc": art["meta"]["base_test_acc"], **detection_metrics(remove, scores, noise)}
         keep = train.index[~remove]
         metrics["test_acc"], retrain_s, result["retrain_cache_hit"], result["finished_at"] = retrain(

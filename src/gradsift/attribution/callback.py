@@ -131,6 +131,7 @@ def _clean_labels(datamodule, index: np.ndarray) -> np.ndarray | None:
     ds = getattr(datamodule, "train_set", None)
     if ds is None or not hasattr(ds, "columns") or "clean_label" not in ds.columns:
         return None
-    pos = {int(ix): p for p, ix in enumerate(ds.index)}
-    clean = ds.column("clean_label") if hasattr(ds, "column") else np.asarray(ds.columns["clean_label"])
-    return clean[[pos[int(i)] for i in index]]
+    if hasattr(ds, "positions"):
+        return ds.column("clean_label")[ds.positions(index)]
+    pos = {int(ix): p for p, ix in enumerate(ds.index)}  # a user's own dataset with ``index`` and ``columns``
+    return np.asarray(ds.columns["clean_label"])[[pos[int(i)] for i in index]]

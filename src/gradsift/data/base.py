@@ -54,6 +54,14 @@ class DictDataset(Dataset):
         v = self.columns[key]
         return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
 
+    def positions(self, indices: Sequence[int]) -> np.ndarray:
+        """Row positions of the given sample indices (IndexError naming those that are not in this dataset)."""
+        pos = {int(ix): p for p, ix in enumerate(self.index)}
+        missing = [int(i) for i in indices if int(i) not in pos]
+        if missing:
+            raise IndexError(f"{len(missing)} sample indices are not in this split, e.g. {missing[:5]}")
+        return np.array([pos[int(i)] for i in indices], dtype=np.int64)
+
     def subset(self, rows: Sequence[int]) -> "DictDataset":
         """The same dataset restricted to ``rows`` (positions), keeping each row's original ``index``."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -106,13 +114,13 @@ class NoisyLabelDataModule(pl.LightningDataModule):
     def restrict(self, keep: Sequence[int]) -> DictDataset:
         """Training split restricted to the original sample indices in ``keep``."""
         keep = np.asarray(keep, dtype=np.int64)
-        pos = {int(ix): p for p, ix in enumerate(self.full_train_set.index)}
-        missing = [int(k) for k in keep if int(k) not in pos]
-        if missing:
-            raise IndexError(f"keep lists {len(missing)} indices not in the training split, e.g. {missing[:5]}")
+        try:
+            rows = self.full_train_set.positions(keep)
+        except IndexError as e:
+            raise IndexError(f"keep lists indices not in the training split: {e}") from None
         if len(keep) == 0:
             raise ValueError("keep is empty: trimming removed every training sample")
-        return self.full_train_set.subset([pos[int(k)] for k in keep])
+        return self.full_train_set.subset(rows)
 
     def with_keep(self, keep: Sequence[int]) -> "NoisyLabelDataModule":
         """A datamodule over the same data whose training split is ``keep`` (for retraining)."""
