@@ -19,7 +19,7 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     result = run(cfg, hc.runtime.output_dir, choices=dict(hc.runtime.choices))
     print_result(result)
-    return result["metrics"]["test_acc"]
+    return result.get("metrics", {}).get("test_acc", float("nan"))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ def test_end_to_end_writes_result_json(tmp_path):
 
 def test_second_run_reuses_the_cached_base_model(tmp_path, monkeypatch):
     calls = []
-    real = pipeline.fit_and_test
-    monkeypatch.setattr(pipeline, "fit_and_test", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    real = pipeline.fit_and_evaluate
+    monkeypatch.setattr(pipeline, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
     first = pipeline.run(_cfg(tmp_path, "scorer=l1"), tmp_path / "a")
     second = pipeline.run(_cfg(tmp_path, "scorer=iforest", "trim.budget=5"), tmp_path / "b")
     assert not first["cache_hit"] and second["cache_hit"]
@@ -45,6 +45,25 @@ def test_second_run_reuses_the_cached_base_model(tmp_path, monkeypatch):
     assert second["metrics"]["base_test_acc"] == first["metrics"]["base_test_acc"]
     third = pipeline.run(_cfg(tmp_path, "scorer=l1", "seed=1"), tmp_path / "c")
     assert not third["cache_hit"]
+
+
+def test_detection_only_run_skips_the_retrain(tmp_path, monkeypatch):
+    calls = []
+    real = pipeline.fit_and_evaluate
+    monkeypatch.setattr(pipeline, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    res = pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "det")
+    assert calls == ["base"] and res["status"] == "ok"
+    assert "test_acc" not in res["metrics"] and 0 <= res["metrics"]["detection_auc"] <= 1
+    assert res["timings"]["retrain_s"] == 0.0
+
+
+def test_eval_every_epoch_records_one_test_accuracy_per_epoch(tmp_path):
+    res = pipeline.run(_cfg(tmp_path, "scorer=l2", "eval_every_epoch=true", "trainer.max_epochs=3"), tmp_path / "curve")
+    m = res["metrics"]
+    assert len(m["test_curve"]) == 3 and len(m["base_test_curve"]) == 3
+    # the last point is the final model, which trainer.test scores too
+    assert m["test_curve"][-1] == pytest.approx(m["test_acc"], abs=1e-6)
+    assert m["base_test_curve"][-1] == pytest.approx(m["base_test_acc"], abs=1e-6)
 
 
 def test_detector_selection_trims_the_detectors_outliers(tmp_path):

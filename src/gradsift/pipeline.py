@@ -34,17 +34,61 @@ log = logging.getLogger(__name__)
 BASE_KEYS = ["data", "model", "trainer", "gradients", "compressor", "seed", "attribution"]
 
 
-def fit_and_test(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: list | None = None,
-                 stage: str = "train") -> tuple[pl.LightningModule, float, float]:
-    """Train a fresh model from ``cfg.model`` on ``datamodule``; return (model, clean test accuracy, seconds)."""
+class EpochTestCurve(pl.Callback):
+    """Clean test metrics after every training epoch (OGA Figure 3's accuracy-per-epoch curves).
+
+    Accuracy for classifiers (the module has ``logits``), otherwise the mean per-sample test loss."""
+
+    def __init__(self, datamodule: NoisyLabelDataModule):
+        self.datamodule = datamodule
+        self.values: list[float] = []
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        was_training = pl_module.training
+        pl_module.eval()
+        hit, total, loss = 0.0, 0, 0.0
+        for batch in self.datamodule.test_dataloader():
+            batch = trainer.strategy.batch_to_device(batch)
+            with trainer.precision_plugin.forward_context():
+                if hasattr(pl_module, "logits"):
+                    pred = pl_module.logits(batch).argmax(-1)
+                    target = batch.get("clean_label", batch["label"])
+                    hit += float((pred == target).sum())
+                else:
+                    loss += float(pl_module.per_sample_loss(batch).float().sum())
+            total += len(batch["index"])
+        self.values.append((hit if hasattr(pl_module, "logits") else loss) / max(total, 1))
+        pl_module.train(was_training)
+
+
+def fit_and_evaluate(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: list | None = None,
+                     stage: str = "train") -> tuple[pl.LightningModule, dict, float]:
+    """Train a fresh model from ``cfg.model`` on ``datamodule``; return (model, test metrics, seconds).
+
+    Test metrics are every ``test/<name>`` the module logs, as ``{name: value}`` (``acc`` for classifiers,
+    ``perplexity`` for causal LMs); with ``eval_every_epoch: true`` also ``curve``, the per-epoch test accuracy
+    (or loss), see :class:`EpochTestCurve`."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks or [], logger=False)
+    curve = EpochTestCurve(datamodule) if cfg.get("eval_every_epoch") else None
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=(callbacks or []) + ([curve] if curve else []),
+                                      logger=False)
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - t0
-    metrics = trainer.test(model, datamodule=datamodule, verbose=False)
-    return model, float(metrics[0]["test/acc"]), seconds
+    logged = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    metrics = {k.split("/", 1)[1]: float(v) for k, v in logged.items() if k.startswith("test/")}
+    if curve is not None:
+        metrics["curve"] = curve.values
+    return model, metrics, seconds
+
+
+def fit_and_test(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: list | None = None,
+                 stage: str = "train") -> tuple[pl.LightningModule, float, float]:
+    """:func:`fit_and_evaluate` reduced to (model, clean test accuracy, seconds)."""
+    model, metrics, seconds = fit_and_evaluate(cfg, datamodule, callbacks, stage=stage)
+    return model, metrics.get("acc", float("nan")), seconds
 
 
 def _logger(cfg: DictConfig, stage: str):
@@ -81,19 +125,19 @@ def log_run(cfg: DictConfig, result: dict, cb: AttributionCallback, datamodule: 
 def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Scorer | None) -> dict:
     """Train the base model and gather its gradients, or load them from the cache."""
     cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
-    key = config_hash(cfg, BASE_KEYS)
+    key = config_hash(cfg, _base_keys(cfg))
     needs_hessian = bool(getattr(scorer, "needs_hessian", False))
 
     def build(out: Path) -> None:
         cb = AttributionCallback(gradients=instantiate(cfg.gradients, compressor=instantiate(cfg.compressor)),
                                  reference=cfg.attribution.reference, probs=True, seed=cfg.seed)
-        model, acc, seconds = fit_and_test(cfg, datamodule, [cb], stage="base")
+        model, test, seconds = fit_and_evaluate(cfg, datamodule, [cb], stage="base")
         torch.save(model.state_dict(), out / "model.pt")
         for split, gs in cb.gradients.items():
             gs.save(str(out / f"grads_{split}.npz"))
         if cb.train_probs is not None:
             np.save(out / "train_probs.npy", cb.train_probs)
-        meta = {"base_test_acc": acc, "train_s": seconds, "gradients_s": cb.timings["gradients_s"],
+        meta = {"base_test_acc": test.get("acc", float("nan")), "base_test": test, "train_s": seconds, "gradients_s": cb.timings["gradients_s"],
                 "compressor": cb.gradients["train"].meta.get("compressor"), "key": key}
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
@@ -106,6 +150,11 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Sc
     if needs_hessian:
         art["hessian"] = _cached_hessian(cfg, datamodule, path)
     return art
+
+
+def _base_keys(cfg: DictConfig) -> list[str]:
+    # per-epoch test curves change what the base run records, not the model: keyed only when switched on
+    return BASE_KEYS + (["eval_every_epoch"] if cfg.get("eval_every_epoch") else [])
 
 
 def _cached_hessian(cfg: DictConfig, datamodule: NoisyLabelDataModule, path: Path) -> np.ndarray:
@@ -137,6 +186,10 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
 
     ``choices`` are Hydra's config-group choices (``scorer: iforest`` ...), recorded to name the run.
     """
+    if cfg.get("flow", "trim") == "identification":  # OGA Table 3: [n_test, n_train] scores, no trimming
+        from gradsift.identification import run as run_identification
+
+        return run_identification(cfg, output_dir, choices)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("torch_threads"):
@@ -169,10 +222,17 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
 
         train = art["train"]
         noise = train.labels != by_row["clean_label"].to_numpy()
-        metrics = {"base_test_acc": art["meta"]["base_test_acc"], **detection_metrics(remove, scores, noise)}
-        keep = train.index[~remove]
-        metrics["test_acc"], retrain_s, result["retrain_cache_hit"], result["finished_at"] = retrain(
-            cfg, datamodule, keep, art["key"])
+        base_test = art["meta"].get("base_test", {"acc": art["meta"]["base_test_acc"]})
+        metrics = {f"base_test_{k}": v for k, v in base_test.items()}
+        metrics.update(detection_metrics(remove, scores, noise))
+        retrain_s = 0.0
+        if cfg.get("retrain", True):
+            keep = train.index[~remove]
+            test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = retrain(
+                cfg, datamodule, keep, art["key"])
+            metrics.update({f"test_{k}": v for k, v in test.items()})
+        else:  # detection only (dropout Table 1): the scores and their AUC against the flip mask are the result
+            result["finished_at"] = _now()
         result["metrics"] = metrics
         result["timings"] = {"train_s": art["meta"]["train_s"], "gradients_s": art["meta"]["gradients_s"],
                              "score_s": cb.timings["score_s"], "retrain_s": retrain_s,
@@ -190,21 +250,22 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
 
 
 def retrain(cfg: DictConfig, datamodule: NoisyLabelDataModule, keep: np.ndarray,
-            base_key: str) -> tuple[float, float, bool, str]:
+            base_key: str) -> tuple[dict, float, bool, str]:
     """Retrain from scratch on the kept samples; cached by (base key, kept set) so re-running a sweep is free.
 
-    Returns (clean test accuracy, seconds, cache hit, when the retrain finished)."""
+    Returns (test metrics as in :func:`fit_and_evaluate`, seconds, cache hit, when the retrain finished)."""
     cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
     key = config_hash({"base": base_key, "keep": hashlib.sha256(np.sort(keep).astype(np.int64).tobytes()).hexdigest()})
 
     def build(out: Path) -> None:
-        _, acc, seconds = fit_and_test(cfg, datamodule.with_keep(keep), stage="retrain")
-        (out / "meta.json").write_text(json.dumps({"test_acc": acc, "retrain_s": seconds, "n_kept": len(keep),
+        _, test, seconds = fit_and_evaluate(cfg, datamodule.with_keep(keep), stage="retrain")
+        (out / "meta.json").write_text(json.dumps({"test_acc": test.get("acc", float("nan")), "test": test,
+                                                   "retrain_s": seconds, "n_kept": len(keep),
                                                    "finished_at": _now()}))
 
     path, hit = cache.get_or_create("retrain", key, build)
     meta = json.loads((path / "meta.json").read_text())
-    return meta["test_acc"], meta["retrain_s"], hit, meta["finished_at"]
+    return meta.get("test", {"acc": meta["test_acc"]}), meta["retrain_s"], hit, meta["finished_at"]
 
 
 def _now() -> str:
