@@ -47,6 +47,18 @@ def test_second_run_reuses_the_cached_base_model(tmp_path, monkeypatch):
     assert not third["cache_hit"]
 
 
+def test_changing_the_compressor_regathers_without_retraining(tmp_path, monkeypatch):
+    calls = []
+    real = pipeline.fit_and_evaluate
+    monkeypatch.setattr(pipeline, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    a = pipeline.run(_cfg(tmp_path, "scorer=l2", "compressor=gaussian", "compressor.r=16"), tmp_path / "g")
+    b = pipeline.run(_cfg(tmp_path, "scorer=l2", "compressor=dropout", "compressor.r=16"), tmp_path / "d")
+    assert not a["model_cache_hit"] and b["model_cache_hit"] and not b["cache_hit"]
+    assert a["base_key"] != b["base_key"]
+    assert calls.count("base") == 1  # one model; its gradients gathered twice (two compressors)
+    assert a["metrics"]["base_test_acc"] == b["metrics"]["base_test_acc"]
+
+
 def test_detection_only_run_skips_the_retrain(tmp_path, monkeypatch):
     calls = []
     real = pipeline.fit_and_evaluate

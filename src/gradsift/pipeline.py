@@ -30,8 +30,10 @@ from gradsift.trim import Trim
 
 log = logging.getLogger(__name__)
 
-#: config sections that determine the trained base model and its gradients
-BASE_KEYS = ["data", "model", "trainer", "gradients", "compressor", "seed", "attribution"]
+#: config sections that determine the trained base model
+MODEL_KEYS = ["data", "model", "trainer", "seed"]
+#: ... and its gradients
+BASE_KEYS = MODEL_KEYS + ["gradients", "compressor", "attribution"]
 
 
 class EpochTestCurve(pl.Callback):
@@ -122,46 +124,79 @@ def log_run(cfg: DictConfig, result: dict, cb: AttributionCallback, datamodule: 
     lg.finalize("success")
 
 
+def trained_model(cfg: DictConfig, datamodule: NoisyLabelDataModule) -> tuple[Path, dict, bool]:
+    """Train the base model, or find it in the cache: ``(entry dir with model.pt, meta, hit)``.
+
+    Keyed by ``MODEL_KEYS`` only, so a sweep over gradients x compressor x scorer trains once per seed."""
+    cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
+
+    def build(out: Path) -> None:
+        model, test, seconds = fit_and_evaluate(cfg, datamodule, stage="base")
+        torch.save(model.state_dict(), out / "model.pt")
+        (out / "meta.json").write_text(json.dumps({"base_test": test, "train_s": seconds}, indent=2))
+
+    path, hit = cache.get_or_create("model", config_hash(cfg, _model_keys(cfg)), build)
+    return path, json.loads((path / "meta.json").read_text()), hit
+
+
+def load_model(cfg: DictConfig, path: Path) -> pl.LightningModule:
+    """``cfg.model`` with the weights in ``path/model.pt``, on the device the trainer would use."""
+    model = instantiate(cfg.model)
+    model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
+    accel = str(cfg.trainer.get("accelerator", "auto"))
+    if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda"):
+        model = model.cuda()
+    return model.eval()
+
+
 def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Scorer | None) -> dict:
-    """Train the base model and gather its gradients, or load them from the cache."""
+    """The trained base model's per-sample gradients (and predicted probabilities), or load them from the cache.
+
+    Two cache levels: the model (``MODEL_KEYS``) and its gradients (``BASE_KEYS``: + gradients, compressor,
+    attribution), so changing the compressor or the reference split re-gathers without retraining."""
     cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
     key = config_hash(cfg, _base_keys(cfg))
     needs_hessian = bool(getattr(scorer, "needs_hessian", False))
+    model_dir, model_meta, model_hit = trained_model(cfg, datamodule)
 
     def build(out: Path) -> None:
         cb = AttributionCallback(gradients=instantiate(cfg.gradients, compressor=instantiate(cfg.compressor)),
                                  reference=cfg.attribution.reference, probs=True, seed=cfg.seed)
-        model, test, seconds = fit_and_evaluate(cfg, datamodule, [cb], stage="base")
-        torch.save(model.state_dict(), out / "model.pt")
+        cb.attribute(load_model(cfg, model_dir), datamodule)
         for split, gs in cb.gradients.items():
             gs.save(str(out / f"grads_{split}.npz"))
         if cb.train_probs is not None:
             np.save(out / "train_probs.npy", cb.train_probs)
-        meta = {"base_test_acc": test.get("acc", float("nan")), "base_test": test, "train_s": seconds, "gradients_s": cb.timings["gradients_s"],
-                "compressor": cb.gradients["train"].meta.get("compressor"), "key": key}
+        test = model_meta["base_test"]
+        meta = {"base_test_acc": test.get("acc", float("nan")), "base_test": test, "train_s": model_meta["train_s"],
+                "gradients_s": cb.timings["gradients_s"], "compressor": cb.gradients["train"].meta.get("compressor"),
+                "key": key, "model_dir": str(model_dir)}
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
     path, hit = cache.get_or_create("base", key, build)
     meta = json.loads((path / "meta.json").read_text())
-    art = {"key": key, "hit": hit, "path": path, "meta": meta,
+    art = {"key": key, "hit": hit, "model_hit": model_hit, "model_key": model_dir.name, "path": path, "meta": meta,
            "train": GradientSet.load(str(path / "grads_train.npz")),
            "val": GradientSet.load(str(path / "grads_val.npz")) if (path / "grads_val.npz").exists() else None,
            "train_probs": np.load(path / "train_probs.npy") if (path / "train_probs.npy").exists() else None}
     if needs_hessian:
-        art["hessian"] = _cached_hessian(cfg, datamodule, path)
+        art["hessian"] = _cached_hessian(cfg, datamodule, path, model_dir)
     return art
 
 
-def _base_keys(cfg: DictConfig) -> list[str]:
+def _model_keys(cfg: DictConfig) -> list[str]:
     # per-epoch test curves change what the base run records, not the model: keyed only when switched on
+    return MODEL_KEYS + (["eval_every_epoch"] if cfg.get("eval_every_epoch") else [])
+
+
+def _base_keys(cfg: DictConfig) -> list[str]:
     return BASE_KEYS + (["eval_every_epoch"] if cfg.get("eval_every_epoch") else [])
 
 
-def _cached_hessian(cfg: DictConfig, datamodule: NoisyLabelDataModule, path: Path) -> np.ndarray:
+def _cached_hessian(cfg: DictConfig, datamodule: NoisyLabelDataModule, path: Path, model_dir: Path) -> np.ndarray:
     file = path / "hessian.npy"
     if not file.exists():
-        model = instantiate(cfg.model)
-        model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
+        model = load_model(cfg, model_dir)
         cb = AttributionCallback(gradients=instantiate(cfg.gradients, compressor=instantiate(cfg.compressor)))
         tmp = file.with_suffix(f".tmp{id(cb)}.npy")
         np.save(tmp, cb.compute_hessian(model, datamodule))
@@ -210,7 +245,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         datamodule: NoisyLabelDataModule = instantiate(cfg.data)
         datamodule.setup()
         art = base_artifacts(cfg, datamodule, scorer)
-        result["base_key"], result["cache_hit"] = art["key"], art["hit"]
+        result["base_key"], result["cache_hit"], result["model_cache_hit"] = art["key"], art["hit"], art["model_hit"]
 
         cb = AttributionCallback(scorer=scorer, trim=trim, reference=cfg.attribution.reference, seed=cfg.seed,
                                  output_dir=str(output_dir))
@@ -229,7 +264,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         if cfg.get("retrain", True):
             keep = train.index[~remove]
             test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = retrain(
-                cfg, datamodule, keep, art["key"])
+                cfg, datamodule, keep, art["model_key"])
             metrics.update({f"test_{k}": v for k, v in test.items()})
         else:  # detection only (dropout Table 1): the scores and their AUC against the flip mask are the result
             result["finished_at"] = _now()
@@ -250,12 +285,13 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
 
 
 def retrain(cfg: DictConfig, datamodule: NoisyLabelDataModule, keep: np.ndarray,
-            base_key: str) -> tuple[dict, float, bool, str]:
-    """Retrain from scratch on the kept samples; cached by (base key, kept set) so re-running a sweep is free.
+            model_key: str) -> tuple[dict, float, bool, str]:
+    """Retrain from scratch on the kept samples; cached by (model key, kept set), so re-running a sweep, or two
+    compressors/scorers that trim the same samples, retrain once.
 
     Returns (test metrics as in :func:`fit_and_evaluate`, seconds, cache hit, when the retrain finished)."""
     cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
-    key = config_hash({"base": base_key, "keep": hashlib.sha256(np.sort(keep).astype(np.int64).tobytes()).hexdigest()})
+    key = config_hash({"model": model_key, "keep": hashlib.sha256(np.sort(keep).astype(np.int64).tobytes()).hexdigest()})
 
     def build(out: Path) -> None:
         _, test, seconds = fit_and_evaluate(cfg, datamodule.with_keep(keep), stage="retrain")
