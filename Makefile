@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export HYDRA_FULL_ERROR = 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-all run table1 figure1 bench-scorers bench-gradients tables wheelhouse clean help
+.PHONY: setup test test-all run table1 table2-cifar10n figure1 bench-scorers bench-gradients tables wheelhouse clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' 
@@ -41,6 +41,15 @@ figure1: setup  ## Figure 1 A-D (authors' toy set, blobs) and E-H (moons) as PNG
 
 tables: table1  ## every paper table that runs on this machine (CPU: OGA Table 1 and Figure 1)
 	@echo "Tables that need a GPU (OGA Tables 2-10, dropout Tables 1-11) are not run by this target: see docs/STATUS.md"
+
+# GPU tables: the exact sweeps behind the committed summaries (need a GPU and the CIFAR-10 data under GRADSIFT_DATA)
+table2-cifar10n: setup  ## GPU: OGA Table 2 analog (CIFAR-10N worst + aggregate, ResNet-34, 10 epochs, 7 methods)
+	$(BIN)/python experiments/run.py -m experiment=table2_cifar10n_fast hydra/launcher=joblib hydra.launcher.n_jobs=4 \
+		torch_threads=4 trainer.enable_progress_bar=false trainer.max_epochs=10 data.batch_size=512 \
+		data.eval_batch_size=1024 model.lr=0.4 seed=0 data.noise=worst,aggregate \
+		scorer=iforest,l2,l1,tracin,datainf,normalized_margin,self_confidence hydra.sweep.dir=multirun/gpu_table2
+	$(BIN)/python experiments/summarize.py multirun/gpu_table2 --table oga.table2_cifar_n_resnet34 \
+		--out multirun_summaries/table2_cifar10n_jpeg_resnet34
 
 TARGET_FREEZE ?= target-freeze.txt
 TARGET_PY     ?= 3.11
