@@ -78,6 +78,7 @@ def test_full_size_preset_runs_on_fake_folders(experiment, extra, full_size, tmp
         cfg = compose("config", overrides=overrides)
     res = pipeline.run(cfg, tmp_path / "run", choices={"scorer": "preset"})
     assert res["status"] == "ok"
+    assert (tmp_path / "run" / "gallery.png").stat().st_size > 0  # OGA Figure 2 for every image run
     n_train = len(np.load(tmp_path / "run" / "scores.npy"))
     assert n_train == cfg.data.subset  # the validation split is carved from the rest of the 50,000
     assert res["metrics"]["n_trimmed"] == round(0.05 * n_train)

@@ -274,6 +274,12 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
                              "total_s": time.perf_counter() - t_start}
         result["status"] = "ok"
         np.save(output_dir / "scores.npy", scores)
+        if cfg.get("gallery") and callable(getattr(datamodule, "images", None)):
+            # OGA Figure 2: the highest-scored training images with their given and clean labels
+            from gradsift.viz.gallery import gallery_from_datamodule
+
+            gallery_from_datamodule(datamodule, scores, train.index, output_dir / "gallery.png", k=int(cfg.gallery),
+                                    title=f"{method} | {result['dataset']} | seed {cfg.seed}")
         log_run(cfg, result, cb, datamodule)
     except Exception as exc:  # the run fails, but what was computed and the error are recorded
         result["status"], result["error"] = "failed", f"{type(exc).__name__}: {exc}"
