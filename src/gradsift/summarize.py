@@ -460,7 +460,8 @@ def header_lines(s: Summary) -> list[str]:
     ]
 
 
-_RULES = {"budget": "top-k by score within the trim budget", "detector": "the detector's predicted outliers"}
+_RULES = {"budget": "top-k by score within the trim budget", "detector": "the detector's predicted outliers",
+          "identification": "every training prompt ranked per test prompt, no trimming"}
 
 
 def to_markdown(s: Summary) -> str:

@@ -80,6 +80,12 @@ class CausalLM(GradsiftModule):
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         return self.net(input_ids=ids, position_ids=positions).logits
 
+    @property
+    def logits(self):
+        """A causal LM has no class logits: hidden from ``hasattr``/``getattr`` (the inherited classifier
+        ``logits`` would raise NotImplementedError in the callback's probability pass and the epoch curve)."""
+        raise AttributeError("CausalLM has no class logits; use forward() for token logits")
+
     def per_sample_loss(self, batch: dict) -> torch.Tensor:
         """Mean NLL over each sample's response tokens (prompt and padding masked); [B]."""
         total, count = response_nll(self(batch), batch["labels"])
