@@ -90,8 +90,35 @@ def test_two_ranks_merge_in_dataset_order(tmp_path):
 def test_bench_gradients_cpu_smoke():
     out = subprocess.run([sys.executable, "experiments/bench_gradients.py", "--device", "cpu", "--model", "tiny",
                           "--seq-len", "8", "--batch-size", "2", "--r", "16", "--n-batches", "1",
-                          "--naive-samples", "2", "--no-bf16", "--no-resnet"],
+                          "--naive-samples", "2", "--no-bf16", "--no-resnet", "--no-dattri"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(c) engine + dropout r=16" in out.stdout and "| setting |" in out.stdout
+
+
+def test_bench_dattri_rows_cpu_smoke():
+    """Rows (e') and (f): our LoGra and dattri 0.3.0's LoGraAttributor on the Conv1D->Linear GPT-2 (tiny, CPU)."""
+    pytest.importorskip("dattri.algorithm.logra")
+    import importlib.util
+
+    torch.set_num_threads(1)
+    spec = importlib.util.spec_from_file_location("bench_gradients", ROOT / "experiments" / "bench_gradients.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.argparse.Namespace(model="tiny", seq_len=8, batch_size=2, r=16, bf16=False)
+    torch.manual_seed(0)
+    model = bench.LM("tiny").eval()
+    batches = [{"x": torch.randint(0, 101, (2, 8)), "index": torch.arange(2) + 2 * i,
+                "label": torch.zeros(2, dtype=torch.long)} for i in range(2)]
+    spec_re = r"(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$"
+    rows = bench.bench_dattri(args, torch.device("cpu"), model, batches, spec_re, base=1.0, rate_c=1.0)
+    assert [r[0] for r in rows][:2] == ["(e') engine + logra r=16, Linear GPT-2", "(f) dattri 0.3.0 LoGra r=16"], rows
+    assert rows[1][1] > 0 and "128 dims/sample" in rows[1][3]  # 8 Linear layers x 16
+    # the conversion keeps the math: same losses before and after Conv1D -> Linear
+    import copy
+
+    lin = copy.deepcopy(model)
+    assert len(bench.conv1d_to_linear(lin)) == 8 and not any(type(m).__name__ == "Conv1D" for m in lin.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(lin.per_sample_loss(batches[0]), model.per_sample_loss(batches[0]))

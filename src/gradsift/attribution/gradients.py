@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from collections.abc import Iterable
 
 import numpy as np
@@ -62,11 +63,9 @@ def select_parameters(module: nn.Module, spec: str | Iterable[str] = "last_layer
 
 
 def _is_hf_conv1d(m: nn.Module) -> bool:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # transformers is optional for the engine
-        return False
-    return isinstance(m, Conv1D)
+    # transformers is optional and slow to import: a Conv1D instance can only exist once its module is imported
+    mod = sys.modules.get("transformers.pytorch_utils")
+    return mod is not None and isinstance(m, mod.Conv1D)
 
 
 def hook_rule(m: nn.Module) -> str | None:
@@ -261,11 +260,12 @@ class PerSampleGradients:
         return params, plan
 
     @torch.no_grad()
-    def gather(self, module: nn.Module, loader: Iterable[dict], desc: str = "gradients", store=None) -> GradientSet:
+    def gather(self, module: nn.Module, loader: Iterable[dict], desc: str = "gradients", store=None) -> GradientSet | None:
         """Stream ``loader`` and return the compressed per-sample gradients of every sample, in loader order.
 
         With ``store`` (a :class:`gradsift.attribution.store.GradientStore`) rows are written to disk shard by
-        shard, batches already in complete shards are skipped (resume), and the stored set is returned.
+        shard, batches already in complete shards are skipped (resume), and the stored set is returned; a store
+        with ``world_size > 1`` returns None (merge with :func:`gradsift.attribution.distributed.gather_sharded`).
         """
         was_training = module.training
         module.eval()
@@ -294,7 +294,8 @@ class PerSampleGradients:
             module.train(was_training)
         if store is not None:
             store.close()
-            return store.gradient_set()
+            # under DDP the merged set exists only after every rank closed and rank 0 ran store.finalize()
+            return store.gradient_set() if store.world_size == 1 else None
         return GradientSet(np.concatenate(rows), np.concatenate(index), np.concatenate(labels),
                            blocks=list(self.compressor.out_blocks), meta=meta)
 
