@@ -44,6 +44,9 @@ class SequenceClassifier(GradsiftModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the new head and the LoRA A matrices come from the seed, not the global RNG
             self.net = get_peft_model(build_backbone(model, config, num_labels, attn_implementation), lora)
+        # from_pretrained returns the backbone in eval mode and Lightning (>= 2.2) keeps submodule modes, which would
+        # switch off the encoder's and LoRA's dropout during fine-tuning
+        self.net.train()
         if not train_head:
             for name, p in self.net.named_parameters():
                 if "lora_" not in name:
