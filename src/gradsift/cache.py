@@ -29,8 +29,25 @@ def config_hash(cfg: DictConfig | dict, keys: list[str] | None = None) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def launcher_rank() -> int:
+    """This process's rank as a multi-process launcher set it before the script started: 0 for the process that
+    runs the script first (and for plain runs), > 0 for the copies Lightning's DDP/FSDP launcher re-executes
+    (``LOCAL_RANK``/``NODE_RANK``) or that SLURM/torchrun start (``SLURM_PROCID`` / ``RANK``)."""
+    env = os.environ
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in env and int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", "1"))) > 1:
+            return int(env[var])
+    return int(env.get("NODE_RANK", "0")) * 1_000 + int(env.get("LOCAL_RANK", "0"))
+
+
 class ArtifactCache:
-    """Directory of cache entries ``<root>/<kind>/<key>/``."""
+    """Directory of cache entries ``<root>/<kind>/<key>/``.
+
+    Multi-process training (DDP/FSDP): the launcher runs the whole script once per rank, and every rank must take
+    part in each ``trainer.fit``. Entries built by training are therefore made with ``collective=True``: rank 0
+    builds and publishes the entry under the lock as usual, while the other ranks, finding it missing, build a
+    private copy next to it (joining rank 0's fit) and never publish. Entries built without collectives (gradients
+    gathered by one process) are waited for under the lock by every rank."""
 
     def __init__(self, root: str | os.PathLike, enabled: bool = True):
         self.root = Path(root)
@@ -39,9 +56,19 @@ class ArtifactCache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
-    def get_or_create(self, kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
-        """Return ``(entry_dir, hit)``; on a miss ``build(tmp_dir)`` fills a temp dir that is then renamed."""
+    def get_or_create(self, kind: str, key: str, build: Callable[[Path], None],
+                      collective: bool = False) -> tuple[Path, bool]:
+        """Return ``(entry_dir, hit)``; on a miss ``build(tmp_dir)`` fills a temp dir that is then renamed.
+
+        ``collective``: ``build`` runs collectives with the other ranks (a DDP fit), see the class docstring."""
         final = self.path(kind, key)
+        rank = launcher_rank()
+        if collective and rank > 0:
+            if self.enabled and (final / "COMPLETE").exists():
+                return final, True
+            own = Path(tempfile.mkdtemp(prefix=f"gradsift-{kind}-rank{rank}-"))
+            build(own)
+            return own, False
         if not self.enabled:
             final = Path(tempfile.mkdtemp(prefix=f"gradsift-{kind}-"))
             build(final)

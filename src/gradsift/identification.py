@@ -114,10 +114,9 @@ def score_matrix(scorer_cfg: DictConfig, train: GradientSet, test: GradientSet, 
 def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
     """One identification run; writes ``result.json`` (status running -> ok/failed), ``scores.npy``,
     ``per_test.csv`` and ``heatmap.png`` in ``output_dir`` and returns the result dict."""
-    from gradsift.pipeline import _now, _write, base_artifacts, versions  # the pipeline imports us lazily
+    from gradsift.pipeline import _now, _own_output_dir, _write, base_artifacts, versions  # the pipeline imports us lazily
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = _own_output_dir(output_dir)  # only rank 0 of a multi-process launch writes the run's files
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     t_start = time.perf_counter()

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import platform
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -23,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from gradsift.attribution.callback import AttributionCallback
 from gradsift.attribution.gradient_set import GradientSet
-from gradsift.cache import ArtifactCache, config_hash
+from gradsift.cache import ArtifactCache, config_hash, launcher_rank
 from gradsift.data.base import NoisyLabelDataModule
 from gradsift.scoring.base import Scorer
 from gradsift.trim import Trim
@@ -135,7 +136,7 @@ def trained_model(cfg: DictConfig, datamodule: NoisyLabelDataModule) -> tuple[Pa
         torch.save(model.state_dict(), out / "model.pt")
         (out / "meta.json").write_text(json.dumps({"base_test": test, "train_s": seconds}, indent=2))
 
-    path, hit = cache.get_or_create("model", config_hash(cfg, _model_keys(cfg)), build)
+    path, hit = cache.get_or_create("model", config_hash(cfg, _model_keys(cfg)), build, collective=True)
     return path, json.loads((path / "meta.json").read_text()), hit
 
 
@@ -225,8 +226,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         from gradsift.identification import run as run_identification
 
         return run_identification(cfg, output_dir, choices)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = _own_output_dir(output_dir)
     if cfg.get("torch_threads"):
         # tiny models: one intra-op thread avoids OpenMP spin contention (30x slower when several jobs share cores)
         torch.set_num_threads(int(cfg.torch_threads))
@@ -305,9 +305,20 @@ def retrain(cfg: DictConfig, datamodule: NoisyLabelDataModule, keep: np.ndarray,
                                                    "retrain_s": seconds, "n_kept": len(keep),
                                                    "finished_at": _now()}))
 
-    path, hit = cache.get_or_create("retrain", key, build)
+    path, hit = cache.get_or_create("retrain", key, build, collective=True)
     meta = json.loads((path / "meta.json").read_text())
     return meta.get("test", {"acc": meta["test_acc"]}), meta["retrain_s"], hit, meta["finished_at"]
+
+
+def _own_output_dir(output_dir: str | Path) -> Path:
+    """``output_dir``, created; for the extra ranks of a multi-process launch (which re-run this script to take part
+    in training) a private folder instead, so that only rank 0 writes the run's files."""
+    rank = launcher_rank()
+    if rank > 0:
+        return Path(tempfile.mkdtemp(prefix=f"gradsift-run-rank{rank}-"))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
 
 
 def _now() -> str:

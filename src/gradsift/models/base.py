@@ -34,7 +34,8 @@ class GradsiftModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.per_sample_loss(batch).mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["label"]))
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["label"]),
+                 sync_dist=True)
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
@@ -42,8 +43,10 @@ class GradsiftModule(pl.LightningModule):
         n = len(batch["label"])
         # evaluation splits are clean: score against clean_label where the datamodule provides it
         target = batch.get("clean_label", batch["label"])
-        self.log(f"{stage}/loss", F.cross_entropy(logits, target), batch_size=n)
-        self.log(f"{stage}/acc", (logits.argmax(-1) == target).float().mean(), prog_bar=True, batch_size=n)
+        # sync_dist: under DDP each rank sees a share of the split; the logged value is the mean over all ranks
+        self.log(f"{stage}/loss", F.cross_entropy(logits, target), batch_size=n, sync_dist=True)
+        self.log(f"{stage}/acc", (logits.argmax(-1) == target).float().mean(), prog_bar=True, batch_size=n,
+                 sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
