@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export HYDRA_FULL_ERROR = 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-all run table1 table2-cifar10n figure1 bench-scorers bench-gradients tables wheelhouse clean help
+.PHONY: setup test test-all run table1 table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients tables wheelhouse clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' 
@@ -40,7 +40,7 @@ figure1: setup  ## Figure 1 A-D (authors' toy set, blobs) and E-H (moons) as PNG
 	$(BIN)/python experiments/figure1.py --out multirun_summaries
 
 tables: table1  ## every paper table that runs on this machine (CPU: OGA Table 1 and Figure 1)
-	@echo "Tables that need a GPU (OGA Tables 2-10, dropout Tables 1-11) are not run by this target: see docs/STATUS.md"
+	@echo "GPU tables have their own targets (make help): table2-cifar10n, dropout-table1-glue, figure3-glue, table3-llm, dropout-table2-resnet9; see docs/STATUS.md"
 
 # GPU tables: the exact sweeps behind the committed summaries (need a GPU and the CIFAR-10 data under GRADSIFT_DATA)
 table2-cifar10n: setup  ## GPU: OGA Table 2 analog (CIFAR-10N worst + aggregate, ResNet-34, 10 epochs, 7 methods)
@@ -50,6 +50,30 @@ table2-cifar10n: setup  ## GPU: OGA Table 2 analog (CIFAR-10N worst + aggregate,
 		scorer=iforest,l2,l1,tracin,datainf,normalized_margin,self_confidence hydra.sweep.dir=multirun/gpu_table2
 	$(BIN)/python experiments/summarize.py multirun/gpu_table2 --table oga.table2_cifar_n_resnet34 \
 		--out multirun_summaries/table2_cifar10n_jpeg_resnet34
+
+dropout-table1-glue: setup  ## GPU: dropout Tables 1 and 9 (GLUE mislabel-detection AUC, iHVP seconds), MiniLM-L6 + LoRA
+	$(BIN)/python experiments/run.py -m experiment=dropout_table1_glue_detection hydra.sweep.dir=multirun/glue_det
+	$(BIN)/python experiments/summarize.py multirun/glue_det --table dropout.table1_mislabel_auc_glue --out multirun_summaries/dropout_table1_glue
+	$(BIN)/python experiments/summarize.py multirun/glue_det --table dropout.table9_ihvp_seconds_glue --out multirun_summaries/dropout_table9_glue_seconds
+
+figure3-glue: setup  ## GPU: OGA Figure 3 (keep the best 70%, test accuracy per epoch), MiniLM-L6 + LoRA
+	$(BIN)/python experiments/run.py -m experiment=figure3_glue_selection hydra.sweep.dir=multirun/glue_sel
+	$(BIN)/python experiments/summarize.py multirun/glue_sel --table oga.figure3_glue_data_selection --out multirun_summaries/figure3_glue_selection_last_epoch
+	$(BIN)/python -m gradsift.viz.curves multirun/glue_sel --out multirun_summaries/figure3_glue_selection
+
+table3-llm: setup  ## GPU: OGA Table 3 + Figure 4 (influential data on the DataInf benchmarks)
+	$(BIN)/python experiments/run.py -m experiment=table3_datainf_identification hydra.sweep.dir=multirun/table3_llm
+	$(BIN)/python experiments/summarize.py multirun/table3_llm --table oga.table3_llm_influential_data --out multirun_summaries/table3_datainf_identification
+	$(BIN)/python -c "from gradsift.identification import figure4_grid; figure4_grid('multirun/table3_llm', 'multirun_summaries/figure4_datainf_heatmaps.png')"
+
+dropout-table2-resnet9: setup  ## GPU: dropout Table 2 (ResNet-9 removal-retrain on 10k CIFAR-10 images), all six rows
+	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=Dropout compressor=dropout compressor.r=64 hydra.sweep.dir=multirun/dt2/dropout
+	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=Gaussian compressor=gaussian compressor.r=64 hydra.sweep.dir=multirun/dt2/gaussian
+	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=LOGRA compressor=logra compressor.r=4096 scorer=orig hydra.sweep.dir=multirun/dt2/logra
+	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=Random scorer=random hydra.sweep.dir=multirun/dt2/random
+	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=Hessian-Free scorer=tracin compressor.r=4096 hydra.sweep.dir=multirun/dt2/tracin
+	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=DataInf scorer=datainf compressor.r=4096 hydra.sweep.dir=multirun/dt2/datainf
+	$(BIN)/python experiments/summarize.py multirun/dt2 --table dropout.table2_resnet9_cifar10_retrain --out multirun_summaries/dropout_table2_resnet9
 
 TARGET_FREEZE ?= target-freeze.txt
 TARGET_PY     ?= 3.11
