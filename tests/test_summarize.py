@@ -173,3 +173,13 @@ def test_output_stem_keeps_dots_in_names() -> None:
 
     assert output_stem("out/oga.table2") == Path("out/oga.table2")
     assert output_stem("out/table1.md") == Path("out/table1")
+
+
+def test_detection_only_runs_are_labelled_as_such(tmp_path: Path) -> None:
+    root = tmp_path / "det"
+    r = _result(TRACING, 0, detection_acc=0.8, base_test_acc=0.9)
+    r["config"] = {"retrain": False}
+    _write_job(root, 0, r)
+    s = summarize(load_runs([root]), load_table(TABLE1))
+    assert s.selection == {"detection": [TRACING]}
+    assert "detection (scores ranked against the noise mask, no retraining)" in to_markdown(s)

@@ -390,7 +390,10 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "") -> Summ
             if value is not None:
                 cell(sub, row, col).per_seed.setdefault(seed, []).append(value)
         if placed:
-            selection.setdefault(str(r.get("selection", "unknown")), set()).add(placed[0][1])
+            rule = str(r.get("selection", "unknown"))
+            if lookup(r, "config.retrain") is False:  # scores and AUC only: nothing was trimmed and retrained
+                rule = "detection"
+            selection.setdefault(rule, set()).add(placed[0][1])
         versions = r.get("versions") or {}
         machine = r.get("machine") or versions.get("machine") or versions.get("device") or versions.get("platform")
         if machine:
@@ -461,6 +464,7 @@ def header_lines(s: Summary) -> list[str]:
 
 
 _RULES = {"budget": "top-k by score within the trim budget", "detector": "the detector's predicted outliers",
+          "detection": "scores ranked against the noise mask, no retraining",
           "identification": "every training prompt ranked per test prompt, no trimming"}
 
 
