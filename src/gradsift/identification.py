@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +113,7 @@ def score_matrix(scorer_cfg: DictConfig, train: GradientSet, test: GradientSet, 
 def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
     """One identification run; writes ``result.json`` (status running -> ok/failed), ``scores.npy``,
     ``per_test.csv`` and ``heatmap.png`` in ``output_dir`` and returns the result dict."""
-    from gradsift.pipeline import _now, _own_output_dir, _write, base_artifacts, versions  # the pipeline imports us lazily
+    from gradsift.pipeline import _now, _own_output_dir, _write, base_artifacts, recorded, versions  # the pipeline imports us lazily
 
     output_dir = _own_output_dir(output_dir)  # only rank 0 of a multi-process launch writes the run's files
     if cfg.get("torch_threads"):
@@ -126,7 +125,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
               "seed": int(cfg.seed), "config_hash": config_hash(cfg),
               "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions(), "status": "running",
               "error": None}
-    try:
+    with recorded(result, output_dir):  # result.json is written whatever happens, errors included
         cls = get_class(cfg.scorer._target_)
         method = cfg.get("method") or METHOD_NAMES.get(cls) or cfg.scorer.get("display_name") or cls.__name__
         result.update(method=method, scorer=(choices or {}).get("scorer") or cls.__name__,
@@ -169,12 +168,6 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
             _heatmaps(output_dir, scores, per_class, train, test, datamodule, f"{method} | {result['dataset']} | "
                       f"seed {cfg.seed} | AUC {m['auc']:.3f} recall {m['recall']:.3f}")
         result["status"] = "ok"
-    except Exception as exc:  # recorded like pipeline.run: the run fails, the error is in result.json
-        result["status"], result["error"] = "failed", f"{type(exc).__name__}: {exc}"
-        result["traceback"] = traceback.format_exc()
-        raise
-    finally:
-        _write(output_dir, result)
     return result
 
 

@@ -13,6 +13,7 @@ import platform
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
     result = {"experiment": cfg.experiment_name, "dataset": cfg.data.get("name", cfg.data._target_.rsplit(".", 1)[-1]),
               "seed": int(cfg.seed), "config_hash": config_hash(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
               "versions": versions(), "status": "running", "error": None}
-    try:
+    with recorded(result, output_dir):
         scorer: Scorer = instantiate(cfg.scorer)
         trim: Trim = instantiate(cfg.trim)
         method = cfg.get("method") or scorer.display_name + (" [detector labels]" if trim.selection == "detector" else "")
@@ -281,12 +282,6 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
             gallery_from_datamodule(datamodule, scores, train.index, output_dir / "gallery.png", k=int(cfg.gallery),
                                     title=f"{method} | {result['dataset']} | seed {cfg.seed}")
         log_run(cfg, result, cb, datamodule)
-    except Exception as exc:  # the run fails, but what was computed and the error are recorded
-        result["status"], result["error"] = "failed", f"{type(exc).__name__}: {exc}"
-        result["traceback"] = traceback.format_exc()
-        raise
-    finally:
-        _write(output_dir, result)
     return result
 
 
@@ -325,6 +320,20 @@ def _now() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@contextmanager
+def recorded(result: dict, output_dir: Path):
+    """Run the body; whatever happens, write ``result`` to ``output_dir/result.json`` — on an exception with
+    ``status: failed``, the error and its traceback, keeping every metric computed before it (then re-raise)."""
+    try:
+        yield result
+    except Exception as exc:
+        result["status"], result["error"] = "failed", f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        _write(output_dir, result)
 
 
 def _write(output_dir: Path, result: dict) -> None:
