@@ -1,5 +1,6 @@
 """The whole pipeline under a real 2-process DDP launch (Lightning's subprocess launcher re-runs the script for rank 1,
-gloo on CPU): no deadlock on the cache locks, one published model, and only rank 0 writes the run's files."""
+gloo on CPU): no deadlock on the cache locks, one published model, gradients gathered by both ranks, and only
+rank 0 writes the run's files."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gradsift.attribution.gradient_set import GradientSet
 from gradsift.cache import launcher_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +43,8 @@ def test_pipeline_runs_under_two_process_ddp(tmp_path):
     # one published model and one retrain: rank 1 trained alongside rank 0 in private folders
     assert len(list((tmp_path / "cache" / "model").glob("*/COMPLETE"))) == 1
     assert len(list((tmp_path / "cache" / "retrain").glob("*/COMPLETE"))) == 1
+    # the gradients were gathered by both ranks (strided shares merged by rank 0), not by rank 0 alone
+    (base,) = (tmp_path / "cache" / "base").glob("*/meta.json")
+    assert json.loads(base.read_text())["gather_world_size"] == 2
+    gs = GradientSet.load(str(base.parent / "grads_train.npz"))
+    assert gs.n == 80 and len(set(gs.index.tolist())) == 80  # every training row once, no sampler padding

@@ -164,7 +164,8 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Sc
     def build(out: Path) -> None:
         cb = AttributionCallback(gradients=instantiate(cfg.gradients, compressor=instantiate(cfg.compressor)),
                                  reference=cfg.attribution.reference, probs=True, seed=cfg.seed)
-        cb.attribute(load_model(cfg, model_dir), datamodule)
+        dist = _process_group()  # after a DDP/FSDP fit every rank gathers a share (gradsift.attribution.distributed)
+        cb.attribute(load_model(cfg, model_dir), datamodule, dist=dist)
         for split, gs in cb.gradients.items():
             gs.save(str(out / f"grads_{split}.npz"))
         if cb.train_probs is not None:
@@ -172,10 +173,11 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Sc
         test = model_meta["base_test"]
         meta = {"base_test_acc": test.get("acc", float("nan")), "base_test": test, "train_s": model_meta["train_s"],
                 "gradients_s": cb.timings["gradients_s"], "compressor": cb.gradients["train"].meta.get("compressor"),
-                "key": key, "model_dir": str(model_dir)}
+                "key": key, "model_dir": str(model_dir), "gather_world_size": dist["world_size"] if dist else 1}
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
-    path, hit = cache.get_or_create("base", key, build)
+    # collective: under a multi-process launch the other ranks take part in the distributed gather
+    path, hit = cache.get_or_create("base", key, build, collective=True)
     meta = json.loads((path / "meta.json").read_text())
     art = {"key": key, "hit": hit, "model_hit": model_hit, "model_key": model_dir.name, "path": path, "meta": meta,
            "train": GradientSet.load(str(path / "grads_train.npz")),
@@ -184,6 +186,22 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Sc
     if needs_hessian:
         art["hessian"] = _cached_hessian(cfg, datamodule, path, model_dir)
     return art
+
+
+def _process_group() -> dict | None:
+    """The ``dist`` argument of :meth:`AttributionCallback.attribute` when a process group of several ranks is up
+    (Lightning keeps the one of a DDP/FSDP fit), else None."""
+    import torch.distributed as td
+
+    if not (td.is_available() and td.is_initialized() and td.get_world_size() > 1):
+        return None
+
+    def broadcast(obj, src: int = 0):
+        box = [obj]
+        td.broadcast_object_list(box, src=src)
+        return box[0]
+
+    return {"rank": td.get_rank(), "world_size": td.get_world_size(), "barrier": td.barrier, "broadcast": broadcast}
 
 
 def _model_keys(cfg: DictConfig) -> list[str]:
