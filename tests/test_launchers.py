@@ -38,6 +38,8 @@ def multirun(tmp_path: Path, launcher: list[str], seeds: list[int], scorers: lis
         assert sum(not r["cache_hit"] for r in runs) == 1, f"seed {seed}: base model trained {sum(not r['cache_hit'] for r in runs)} times"
     assert len({r["base_key"] for r in results}) == len(seeds)
     assert len([p for p in (cache / "base").iterdir() if p.is_dir()]) == len(seeds)
+    assert len([p for p in (cache / "model").iterdir() if p.is_dir()]) == len(seeds)  # one trained model per seed
+    assert sum(not r["model_cache_hit"] for r in results) == len(seeds)
     return results
 
 

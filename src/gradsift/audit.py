@@ -1,11 +1,11 @@
 """``gradsift-audit``: score the training samples of an already-trained model and write the flagged ones.
 
     gradsift-audit --config-dir conf --overrides data=moons model=mlp \\
-        --checkpoint .cache/gradsift/base/<key>/model.pt --scorer iforest --budget 0.05 --out flagged.csv
+        --checkpoint .cache/gradsift/model/<key>/model.pt --scorer iforest --budget 0.05 --out flagged.csv
 
 The config is composed exactly as ``experiments/run.py`` composes it (same groups, same overrides), the data
 and model are instantiated from it, the checkpoint's weights are loaded (a Lightning ``.ckpt``'s
-``state_dict`` or a plain state dict such as the pipeline caches in ``.cache/gradsift/base/<key>/model.pt``),
+``state_dict`` or a plain state dict such as the pipeline caches in ``.cache/gradsift/model/<key>/model.pt``),
 and ``AttributionCallback.attribute`` gathers per-sample gradients, scores them (higher = more detrimental)
 and applies the trim budget. No training happens.
 """
