@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
+from gradsift.viz import save_figure
+
 PAPER_DIR = Path(__file__).resolve().parents[2] / "conf" / "paper"
 FAILED_STATUSES = frozenset({"failed", "running", "killed"})
 DAGGER = "†"
@@ -580,9 +582,7 @@ def to_png(s: Summary, path: Path | str) -> None:
             ax.set_title(f"{sub} (dashed = paper)".strip(), fontsize=9)
         ax.legend(fontsize=6)
     fig.suptitle(s.table.key, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path, dpi=100, reproducible=True)
 
 
 def regenerate_command(inputs: Sequence[Path | str], table: str, out: Path | str) -> str:

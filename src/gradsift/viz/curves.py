@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from gradsift.summarize import load_runs
+from gradsift.viz import save_figure
 
 BASELINE = "No trim (noisy labels)"
 TASK_NAMES = {"glue_qnli": "QNLI", "glue_sst2": "SST2", "glue_qqp": "QQP", "glue_mrpc": "MRPC", "glue_rte": "RTE",
@@ -122,9 +123,7 @@ def plot_curves(stats: pd.DataFrame, path: Path | str, title: str = "", ylabel: 
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path, dpi=100, reproducible=True)
 
 
 def write_curves(inputs: Sequence[Path | str], out: Path | str, title: str = "", curve: str = "test_curve",

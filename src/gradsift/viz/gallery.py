@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gradsift.viz import save_figure  # noqa: E402
+
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` highest scores, highest first (ties keep the earlier position)."""
@@ -48,11 +50,7 @@ def save_gallery(images: np.ndarray, scores: np.ndarray, labels: np.ndarray, cle
                      color="tab:red" if wrong else "black")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    save_figure(fig, path, dpi=150)
     return chosen
 
 

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gradsift.viz import save_figure  # noqa: E402
+
 
 def _boundaries(sorted_classes: np.ndarray) -> tuple[list[float], list[float], list]:
     """Block edges (for separator lines), block centres (for tick labels) and the class of each block."""
@@ -61,8 +63,8 @@ def influence_heatmap(scores: np.ndarray, test_classes: np.ndarray, train_classe
     ax.set_ylabel("test prompts (by class)")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150)
+    if path is None:
+        fig.tight_layout()
+    else:
+        save_figure(fig, path, dpi=150, close=False)
     return fig

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
+from gradsift.viz import save_figure  # noqa: E402
+
 
 def figure1(train_x: np.ndarray, train_y: np.ndarray, flipped: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
             influence: np.ndarray, grads: np.ndarray, flagged: np.ndarray, title: str, out: str | Path) -> Path:
@@ -36,9 +38,4 @@ def figure1(train_x: np.ndarray, train_y: np.ndarray, flipped: np.ndarray, test_
     ax[3].set_title("gradient space (PCA of per-sample gradients)")
     ax[3].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
