@@ -42,6 +42,7 @@ from gradsift.cache import config_hash
 from gradsift.scoring.class_detection import PerClassIsolationForest, class_detection_metrics, pairwise_scores
 from gradsift.scoring.influence import DataInf, GradientTracing, block_damping
 from gradsift.scoring.outliers import IsolationForestScorer
+from gradsift.viz import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         datamodule = instantiate(cfg.data)
         datamodule.setup()
         art = base_artifacts(cfg, datamodule, scorer=None)
-        result["base_key"], result["cache_hit"] = art["key"], art["hit"]
+        result["base_key"], result["cache_hit"], result["model_cache_hit"] = art["key"], art["hit"], art["model_hit"]
         train, test = art["train"], art["val"]
         if test is None:
             raise RuntimeError("the base run gathered no test gradients (attribution.reference=test and a "
@@ -150,14 +151,13 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         if not cfg.get("method"):
             result["method"] = method = name
         m = class_detection_metrics(scores, train.labels, test.labels, top_k=ident.get("top_k"))
-        base_test = art["meta"].get("base_test", {})
-        metrics = {f"base_test_{k}": v for k, v in base_test.items()}
+        metrics = {f"base_test_{k}": v for k, v in art["model_meta"]["base_test"].items()}
         metrics.update({"detection_auc": m["auc"], "detection_auc_std": float(np.std(m["auc_per_test"])),
                         "recall": m["recall"], "recall_std": float(np.std(m["recall_per_test"])),
                         "top1": m["top1"], "top_k": int(ident.get("top_k") or train.n // len(np.unique(train.labels))),
                         "n_train": int(train.n), "n_test": int(test.n), "grad_dim": int(train.dim)})
         result["metrics"] = metrics
-        result["timings"] = {"train_s": art["meta"]["train_s"], "gradients_s": art["meta"]["gradients_s"],
+        result["timings"] = {"train_s": art["model_meta"]["train_s"], "gradients_s": art["meta"]["gradients_s"],
                              "score_s": score_s, "total_s": time.perf_counter() - t_start}
         result["finished_at"] = _now()
         np.save(output_dir / "scores.npy", scores.astype(np.float32))
@@ -249,9 +249,4 @@ def figure4_grid(runs_root: str | Path, path: str | Path, ranks: bool = True) ->
                 ax.set_xlabel("training prompts (by class)", fontsize=7)
     fig.suptitle("|score| " + ("percentile rank per test prompt" if ranks else "") + " (OGA Figure 4 layout)",
                  fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 #: config sections that determine the trained base model
 MODEL_KEYS = ["data", "model", "trainer", "seed"]
-#: ... and its gradients
-BASE_KEYS = MODEL_KEYS + ["gradients", "compressor", "attribution"]
+#: ... and, with these, its gradients
+GRADIENT_KEYS = ["gradients", "compressor", "attribution"]
+BASE_KEYS = MODEL_KEYS + GRADIENT_KEYS
 
 
 class EpochTestCurve(pl.Callback):
@@ -51,18 +52,18 @@ class EpochTestCurve(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         was_training = pl_module.training
         pl_module.eval()
-        hit, total, loss = 0.0, 0, 0.0
+        classifier = hasattr(pl_module, "logits")
+        summed, total = 0.0, 0  # correct predictions (classifier) or per-sample losses
         for batch in self.datamodule.test_dataloader():
             batch = trainer.strategy.batch_to_device(batch)
             with trainer.precision_plugin.forward_context():
-                if hasattr(pl_module, "logits"):
+                if classifier:
                     pred = pl_module.logits(batch).argmax(-1)
-                    target = batch.get("clean_label", batch["label"])
-                    hit += float((pred == target).sum())
+                    summed += float((pred == batch.get("clean_label", batch["label"])).sum())
                 else:
-                    loss += float(pl_module.per_sample_loss(batch).float().sum())
+                    summed += float(pl_module.per_sample_loss(batch).float().sum())
             total += len(batch["index"])
-        self.values.append((hit if hasattr(pl_module, "logits") else loss) / max(total, 1))
+        self.values.append(summed / max(total, 1))
         pl_module.train(was_training)
 
 
@@ -170,16 +171,16 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Sc
             gs.save(str(out / f"grads_{split}.npz"))
         if cb.train_probs is not None:
             np.save(out / "train_probs.npy", cb.train_probs)
-        test = model_meta["base_test"]
-        meta = {"base_test_acc": test.get("acc", float("nan")), "base_test": test, "train_s": model_meta["train_s"],
-                "gradients_s": cb.timings["gradients_s"], "compressor": cb.gradients["train"].meta.get("compressor"),
+        # the model's own facts (test metrics, training time) stay in its entry: art["model_meta"]
+        meta = {"gradients_s": cb.timings["gradients_s"], "compressor": cb.gradients["train"].meta.get("compressor"),
                 "key": key, "model_dir": str(model_dir), "gather_world_size": dist["world_size"] if dist else 1}
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
     # collective: under a multi-process launch the other ranks take part in the distributed gather
     path, hit = cache.get_or_create("base", key, build, collective=True)
     meta = json.loads((path / "meta.json").read_text())
-    art = {"key": key, "hit": hit, "model_hit": model_hit, "model_key": model_dir.name, "path": path, "meta": meta,
+    art = {"key": key, "hit": hit, "model_hit": model_hit, "model_key": model_dir.name, "model_meta": model_meta,
+           "path": path, "meta": meta,
            "train": GradientSet.load(str(path / "grads_train.npz")),
            "val": GradientSet.load(str(path / "grads_val.npz")) if (path / "grads_val.npz").exists() else None,
            "train_probs": np.load(path / "train_probs.npy") if (path / "train_probs.npy").exists() else None}
@@ -210,7 +211,8 @@ def _model_keys(cfg: DictConfig) -> list[str]:
 
 
 def _base_keys(cfg: DictConfig) -> list[str]:
-    return BASE_KEYS + (["eval_every_epoch"] if cfg.get("eval_every_epoch") else [])
+    # config_hash sorts the keys, so this hashes exactly like BASE_KEYS (+ eval_every_epoch)
+    return _model_keys(cfg) + GRADIENT_KEYS
 
 
 def _cached_hessian(cfg: DictConfig, datamodule: NoisyLabelDataModule, path: Path, model_dir: Path) -> np.ndarray:
@@ -276,8 +278,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
 
         train = art["train"]
         noise = train.labels != by_row["clean_label"].to_numpy()
-        base_test = art["meta"].get("base_test", {"acc": art["meta"]["base_test_acc"]})
-        metrics = {f"base_test_{k}": v for k, v in base_test.items()}
+        metrics = {f"base_test_{k}": v for k, v in art["model_meta"]["base_test"].items()}
         metrics.update(detection_metrics(remove, scores, noise))
         retrain_s = 0.0
         if cfg.get("retrain", True):
@@ -288,7 +289,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         else:  # detection only (dropout Table 1): the scores and their AUC against the flip mask are the result
             result["finished_at"] = _now()
         result["metrics"] = metrics
-        result["timings"] = {"train_s": art["meta"]["train_s"], "gradients_s": art["meta"]["gradients_s"],
+        result["timings"] = {"train_s": art["model_meta"]["train_s"], "gradients_s": art["meta"]["gradients_s"],
                              "score_s": cb.timings["score_s"], "retrain_s": retrain_s,
                              "total_s": time.perf_counter() - t_start}
         result["status"] = "ok"
@@ -314,13 +315,12 @@ def retrain(cfg: DictConfig, datamodule: NoisyLabelDataModule, keep: np.ndarray,
 
     def build(out: Path) -> None:
         _, test, seconds = fit_and_evaluate(cfg, datamodule.with_keep(keep), stage="retrain")
-        (out / "meta.json").write_text(json.dumps({"test_acc": test.get("acc", float("nan")), "test": test,
-                                                   "retrain_s": seconds, "n_kept": len(keep),
+        (out / "meta.json").write_text(json.dumps({"test": test, "retrain_s": seconds, "n_kept": len(keep),
                                                    "finished_at": _now()}))
 
     path, hit = cache.get_or_create("retrain", key, build, collective=True)
     meta = json.loads((path / "meta.json").read_text())
-    return meta.get("test", {"acc": meta["test_acc"]}), meta["retrain_s"], hit, meta["finished_at"]
+    return meta["test"], meta["retrain_s"], hit, meta["finished_at"]
 
 
 def _own_output_dir(output_dir: str | Path) -> Path:

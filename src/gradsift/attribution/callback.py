@@ -16,7 +16,6 @@ merges them in dataset order and every rank then holds the same, complete gradie
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
