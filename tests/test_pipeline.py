@@ -91,6 +91,15 @@ def test_failed_run_still_writes_result_json(tmp_path):
     assert saved["status"] == "failed" and "trim.budget=500" in saved["error"]
 
 
+def test_exact_hessian_on_compressed_gradients_is_refused_before_training(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipeline, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")))
+    with pytest.raises(ValueError, match="compressor=identity"):
+        pipeline.run(_cfg(tmp_path, "scorer=exact", "compressor=dropout", "compressor.r=16"), tmp_path / "x")
+    assert calls == []  # nothing trained, gathered or computed
+    assert json.loads((tmp_path / "x" / "result.json").read_text())["status"] == "failed"
+
+
 def test_csv_logger_records_the_attribution_run(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict

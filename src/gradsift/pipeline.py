@@ -28,6 +28,7 @@ from gradsift.attribution.gradient_set import GradientSet
 from gradsift.cache import ArtifactCache, config_hash, launcher_rank
 from gradsift.data.base import NoisyLabelDataModule
 from gradsift.scoring.base import Scorer
+from gradsift.scoring.influence import check_exact_hessian_compressor
 from gradsift.trim import Trim
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
               "versions": versions(), "status": "running", "error": None}
     with recorded(result, output_dir):
         scorer: Scorer = instantiate(cfg.scorer)
+        check_exact_hessian_compressor(scorer, instantiate(cfg.compressor))  # before any training
         trim: Trim = instantiate(cfg.trim)
         method = cfg.get("method") or scorer.display_name + (" [detector labels]" if trim.selection == "detector" else "")
         result.update(method=method, scorer=(choices or {}).get("scorer") or cfg.scorer._target_.rsplit(".", 1)[-1],

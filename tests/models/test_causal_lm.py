@@ -52,6 +52,8 @@ def test_per_sample_loss_is_response_nll(dm, arch):
     batch = next(iter(dm.attribution_dataloader("train")))
     with torch.no_grad():
         torch.testing.assert_close(model.per_sample_loss(batch), _hand_loss(model, batch), rtol=1e-5, atol=1e-5)
+    # no class logits: the callback's probability pass and the epoch curve look for a callable ``logits``
+    assert not callable(getattr(model, "logits", None))
 
 
 @pytest.mark.parametrize("arch", list(TINY))

@@ -5,7 +5,7 @@ import pytest
 
 from gradsift.attribution.gradient_set import GradientSet
 from gradsift.scoring.base import ScoringInputs
-from gradsift.scoring.outliers import IsolationForestScorer, NormScorer, OneClassSVMScorer
+from gradsift.scoring.outliers import IsolationForestScorer, NormScorer, OneClassSVMScorer, row_norms
 
 
 def _planted(n=300, d=20, k=15, seed=0):
@@ -33,6 +33,14 @@ def test_norm_scores_are_norms():
     np.testing.assert_allclose(NormScorer(1).fit_score(ScoringInputs(train=gs)), np.abs(gs.grads).sum(1), rtol=1e-6)
     np.testing.assert_allclose(NormScorer(2).fit_score(ScoringInputs(train=gs)), np.linalg.norm(gs.grads, axis=1),
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("ord", [1, 2])
+def test_blockwise_norms_equal_the_whole_matrix_float64_norm_to_the_last_bit(ord):
+    # 10 blocks of 7 rows and a ragged last block; float32 input as the gradient store holds it
+    x = np.random.default_rng(3).standard_normal((73, 300)).astype(np.float32) * 1e3
+    expected = np.linalg.norm(x.astype(np.float64), ord=ord, axis=1)
+    assert np.array_equal(row_norms(x, ord, rows=7), expected)
 
 
 def test_ocsvm_uses_validation_gradients_as_inliers():

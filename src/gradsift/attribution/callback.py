@@ -28,6 +28,7 @@ from gradsift.attribution.distributed import gather_distributed
 from gradsift.attribution.gradient_set import GradientSet
 from gradsift.attribution.gradients import PerSampleGradients, select_parameters
 from gradsift.scoring.base import Scorer, ScoringInputs
+from gradsift.scoring.influence import check_exact_hessian_compressor
 from gradsift.trim import Trim
 
 
@@ -87,6 +88,7 @@ class AttributionCallback(pl.Callback):
         if not callable(getattr(module, "per_sample_loss", None)):
             raise TypeError(f"{type(module).__name__} has no per_sample_loss(batch) -> Tensor[B]; "
                             "see gradsift.models.base for the contract")
+        check_exact_hessian_compressor(self.scorer, self.engine.compressor)  # before the gather, not after
         t0 = time.perf_counter()
         self.gradients.update(self.gather(module, datamodule, dist))
         self.timings["gradients_s"] = time.perf_counter() - t0

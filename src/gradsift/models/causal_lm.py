@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torchmetrics.text import Perplexity
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from gradsift.models.base import GradsiftModule
 from gradsift.models.pretrained_lm import pretrained_source
 
 
@@ -28,8 +28,11 @@ def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return nll.sum(-1), (shift_labels != -100).sum(-1)
 
 
-class CausalLM(GradsiftModule):
+class CausalLM(pl.LightningModule):
     """``AutoModelForCausalLM`` (optionally wrapped with PEFT LoRA) with a response-only NLL loss.
+
+    Attributable through ``per_sample_loss`` alone: it has no class ``logits``, so it is a plain LightningModule,
+    not a :class:`gradsift.models.base.GradsiftModule` (the classifier base), and probability-based scorers skip it.
 
     ``model`` is a hub name, a directory or a packaged alias (``smollm2_135m``, models/pretrained_lm.py); ``config`` (a
     ``PretrainedConfig`` or a dict with ``model_type``) instead builds a random model without download, for tests.
@@ -79,12 +82,6 @@ class CausalLM(GradsiftModule):
         ids = batch["input_ids"]
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         return self.net(input_ids=ids, position_ids=positions).logits
-
-    @property
-    def logits(self):
-        """A causal LM has no class logits: hidden from ``hasattr``/``getattr`` (the inherited classifier
-        ``logits`` would raise NotImplementedError in the callback's probability pass and the epoch curve)."""
-        raise AttributeError("CausalLM has no class logits; use forward() for token logits")
 
     def per_sample_loss(self, batch: dict) -> torch.Tensor:
         """Mean NLL over each sample's response tokens (prompt and padding masked); [B]."""

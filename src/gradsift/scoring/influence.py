@@ -147,6 +147,19 @@ def curvatures(inputs: ScoringInputs, hessian: str, damping: float | str, block_
     return out
 
 
+def check_exact_hessian_compressor(scorer: Scorer, compressor: object) -> None:
+    """Refuse an exact-Hessian scorer on compressed gradients before anything is trained or gathered.
+
+    The exact loss Hessian has one row per parameter, so it only matches uncompressed gradients; without this check
+    the mismatch surfaced only after the (expensive) Hessian had been computed."""
+    from gradsift.attribution.compressors import Identity
+
+    if getattr(scorer, "needs_hessian", False) and compressor is not None and not isinstance(compressor, Identity):
+        raise ValueError(f"scorer.hessian='exact' ({type(scorer).__name__}) needs uncompressed gradients, but "
+                         f"compressor is {type(compressor).__name__}: use compressor=identity, or "
+                         "scorer.hessian=gauss_newton to build the Hessian from the compressed gradients")
+
+
 def _exact_hessian(inputs: ScoringInputs) -> np.ndarray:
     h = inputs.extra.get("hessian")
     if h is None:

@@ -48,7 +48,7 @@ class NormScorer(Scorer):
         self.display_name = f"Outlier Gradient (L{ord})"
 
     def fit(self, inputs: ScoringInputs) -> "NormScorer":
-        self._scores = np.linalg.norm(np.asarray(inputs.train.grads, dtype=np.float64), ord=self.ord, axis=1)
+        self._scores = row_norms(inputs.train.grads, self.ord)
         return self
 
     def score(self) -> np.ndarray:
@@ -57,6 +57,21 @@ class NormScorer(Scorer):
     def predicted_outliers(self) -> np.ndarray:
         """Norm thresholding at the (1 - contamination) quantile."""
         return self._scores > np.quantile(self._scores, 1 - self.contamination)
+
+
+def row_norms(grads, ord: int, rows: int = 4096) -> np.ndarray:
+    """Float64 L1 / L2 norm of every row, converted a block of ``rows`` rows at a time.
+
+    The same arithmetic as ``np.linalg.norm(grads.astype(np.float64), ord, axis=1)`` (equal to the last bit), without
+    the float64 copy of the whole matrix: 5.8x faster for L1 and 1.5x for L2 on 50,000 x 5,130 (BENCHMARKS.md).
+    """
+    n = len(grads)
+    out = np.empty(n, dtype=np.float64)
+    for start in range(0, n, rows):
+        block = np.asarray(grads[start:start + rows], dtype=np.float64)
+        out[start:start + rows] = np.add.reduce(np.abs(block), axis=1) if ord == 1 else \
+            np.sqrt(np.add.reduce(block * block, axis=1))
+    return out
 
 
 class OneClassSVMScorer(Scorer):
