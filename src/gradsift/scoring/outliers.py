@@ -63,7 +63,8 @@ def row_norms(grads, ord: int, rows: int = 4096) -> np.ndarray:
     """Float64 L1 / L2 norm of every row, converted a block of ``rows`` rows at a time.
 
     The same arithmetic as ``np.linalg.norm(grads.astype(np.float64), ord, axis=1)`` (equal to the last bit), without
-    the float64 copy of the whole matrix: 5.8x faster for L1 and 1.5x for L2 on 50,000 x 5,130 (BENCHMARKS.md).
+    the float64 copy of the whole matrix (two for L1), whose fresh pages cost a job's single call 5-6x the time on
+    50,000 x 5,130 (docs/BENCHMARKS.md, experiments/bench_norms.py).
     """
     n = len(grads)
     out = np.empty(n, dtype=np.float64)

@@ -1,0 +1,79 @@
+"""Outlier Gradient L1 / L2 scoring: blockwise float64 row norms (``scoring.outliers.row_norms``) against the
+previous whole-matrix ``np.linalg.norm(grads.astype(np.float64), ord, axis=1)`` on the same matrix.
+
+"first call": each variant once in a fresh process (what a pipeline job pays: the whole-matrix form allocates, and
+page-faults in, one float64 copy for L2 and two for L1); "warm": best of ``--repeats`` calls in this process.
+
+    python experiments/bench_norms.py            # 50,000 x 5,130 float32 (CIFAR-10 last layer), best of 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from gradsift.scoring.outliers import row_norms
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def variants(x: np.ndarray, ord: int) -> dict:
+    return {"whole": lambda: np.linalg.norm(x.astype(np.float64), ord=ord, axis=1),
+            "block": lambda: row_norms(x, ord)}
+
+
+def matrix(n: int, d: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
+
+
+def first_call(n: int, d: int, ord: int, name: str) -> float:
+    """Seconds of one call in a fresh interpreter (the matrix is built before the clock starts)."""
+    code = (f"import sys; sys.argv = ['bench_norms', '--n', '{n}', '--d', '{d}', '--cold', '{name}', '--ord', "
+            f"'{ord}']; import runpy; runpy.run_path({__file__!r}, run_name='__main__')")
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=50_000)
+    p.add_argument("--d", type=int, default=5_130)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cold", choices=["whole", "block"], help=argparse.SUPPRESS)  # child process: one timed call
+    p.add_argument("--ord", type=int, default=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    x = matrix(args.n, args.d)
+    if args.cold:
+        fn = variants(x, args.ord)[args.cold]
+        t = time.perf_counter()
+        fn()
+        print(time.perf_counter() - t)
+        return
+    print(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {args.n:,} x {args.d:,} float32, best of "
+          f"{args.repeats}, load average {os.getloadavg()[0]:.1f}\n")
+    print("| norm | first call: whole-matrix (s) | first call: blockwise (s) | speed-up | warm: whole-matrix (s) | "
+          "warm: blockwise (s) | speed-up | bit-equal |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for ord in (1, 2):
+        fns = variants(x, ord)
+        c_whole, c_block = (first_call(args.n, args.d, ord, name) for name in ("whole", "block"))
+        w_whole, w_block = (best_of(fns[name], args.repeats) for name in ("whole", "block"))
+        equal = np.array_equal(fns["whole"](), fns["block"]())
+        print(f"| L{ord} | {c_whole:.2f} | {c_block:.2f} | {c_whole / c_block:.1f}x | {w_whole:.2f} | {w_block:.2f} | "
+              f"{w_whole / w_block:.1f}x | {equal} |")
+
+
+if __name__ == "__main__":
+    main()
