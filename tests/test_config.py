@@ -76,3 +76,11 @@ def test_bad_trim_values_name_the_key():
     cfg = _compose(["trim.budget=-3"])
     with pytest.raises(Exception, match="trim.budget"):
         instantiate(cfg.trim)
+
+
+def test_short_dirname_keeps_short_names_and_cuts_long_ones_uniquely():
+    from gradsift.resolvers import short_dirname
+
+    assert short_dirname("0_scorer=l2,seed=1") == "0_scorer=l2,seed=1"
+    a, b = short_dirname("0_" + "x" * 300), short_dirname("1_" + "x" * 300)
+    assert len(a) == len(b) == 150 and a != b and a.startswith("0_xxx")
