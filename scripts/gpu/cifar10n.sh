@@ -5,8 +5,9 @@
 #   bash scripts/gpu/cifar10n.sh extras             # Table 9 (ResNet-18, CE vs iForest) + Table 5 (L2 budget sweep on worst)
 #   bash scripts/gpu/cifar10n.sh dropout            # dropout Table 2 (ResNet-9 on 10k images) + the Figure 2 gallery
 # Env: SEEDS (Hydra list, e.g. 0 or 1,2), OUT (results folder), LIMIT (seconds for the whole script, default 540),
-# DEVICE_SETUP=0 + PY=.venv/bin/python + EXTRA='...' for a CPU dry run (e.g. EXTRA='+trainer.fast_dev_run=true
-# data.device=cpu trainer.precision=32-true hydra.launcher.n_jobs=1', GRADSIFT_DATA=../shared/data).
+# NJOBS (joblib jobs per sweep). CPU dry run: DEVICE_SETUP=0 PY=.venv/bin/python NJOBS=1 GRADSIFT_DATA=../shared/data
+# EXTRA='+trainer.fast_dev_run=true data.device=cpu trainer.precision=32-true torch_threads=1 data.subset=600
+# data.val_size=50 data.test_size=100 paths.cache_dir=/tmp/dry/cache' (EXTRA goes to every run.py call).
 set -u
 MODE=${1:-table2}
 T0=$(date +%s); LIMIT=${LIMIT:-540}; END=$((T0 + LIMIT))
@@ -20,7 +21,7 @@ fi
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 $PY -c "from gradsift.data.cifar_n import read_jpeg_archive as r; import os; d=r(os.environ['GRADSIFT_DATA'] + '/cifar10-jpeg/cifar10_jpeg.npz', '.cache/gradsift/cifar'); print({k: v.shape for k, v in d.items()})"
 echo "decode done $(( $(date +%s) - T0 )) s" | tee -a $OUT/progress.txt
-J="hydra/launcher=joblib hydra.launcher.n_jobs=4 torch_threads=4 trainer.enable_progress_bar=false"
+J="hydra/launcher=joblib torch_threads=4 trainer.enable_progress_bar=false"  # + hydra.launcher.n_jobs per sweep
 # the 10-epoch recipe of the committed Table 2 run (docs/results/cifar.md)
 R="data.source=jpeg trainer.max_epochs=10 data.batch_size=512 data.eval_batch_size=1024 model.lr=0.4"
 : > $OUT/command.txt
@@ -28,13 +29,13 @@ sweep() {  # name overrides... : one Hydra multirun, cut at the script's time li
   local name=$1; shift
   local rem=$((END - $(date +%s))); [ $rem -gt 30 ] || { echo "skip $name: no time left" >> $OUT/progress.txt; return 0; }
   echo "python3 experiments/run.py -m $* hydra.sweep.dir=multirun/$name" >> $OUT/command.txt
-  timeout $rem $PY experiments/run.py -m "$@" $EXTRA hydra.sweep.dir=multirun/$name >> multirun/$name.log 2>&1
+  timeout $rem $PY experiments/run.py -m "$@" $EXTRA hydra.sweep.dir=multirun/$name hydra.callbacks.summary.out_dir=multirun/$name/summary >> multirun/$name.log 2>&1
   echo "$name exit $? at $(( $(date +%s) - T0 )) s" >> $OUT/progress.txt
 }
 case "$MODE" in
   table2)
     S=${SEEDS//,/_}
-    sweep gpu_table2_s$S experiment=table2_cifar10n_fast $J $R seed=$SEEDS data.noise=worst,aggregate \
+    sweep gpu_table2_s$S experiment=table2_cifar10n_fast $J hydra.launcher.n_jobs=${NJOBS:-4} $R seed=$SEEDS data.noise=worst,aggregate \
       scorer=iforest,l2,l1,tracin,datainf,normalized_margin,self_confidence
     $PY experiments/summarize.py multirun/gpu_table2_s$S --table oga.table2_cifar_n_resnet34 \
       --out $OUT/table2_cifar10n_jpeg_resnet34_s$S > $OUT/summary.log 2>&1
@@ -42,9 +43,9 @@ case "$MODE" in
   extras)
     # two sweeps side by side: ResNet-18 (Table 9: Cross Entropy = the untrimmed base, vs Outlier Gradient iForest)
     # and the L2 budget sweep on worst (Table 5; 5% is in Table 2)
-    sweep gpu_table9 experiment=table9_resnet18 $J hydra.launcher.n_jobs=2 $R seed=$SEEDS \
+    sweep gpu_table9 experiment=table9_resnet18 $J hydra.launcher.n_jobs=${NJOBS:-2} $R seed=$SEEDS \
       data.noise=worst,aggregate scorer=iforest &
-    sweep gpu_table5 experiment=table5_budget_cifar10n_fast $J hydra.launcher.n_jobs=2 $R seed=$SEEDS \
+    sweep gpu_table5 experiment=table5_budget_cifar10n_fast $J hydra.launcher.n_jobs=${NJOBS:-2} $R seed=$SEEDS \
       data.noise=worst scorer=l2 trim.budget=0.025,0.075,0.1,0.125 &
     wait
     $PY experiments/summarize.py multirun/gpu_table9 --table oga.table9_resnet18 --out $OUT/table9_resnet18_cifar10n_jpeg > $OUT/summary.log 2>&1
@@ -55,7 +56,7 @@ case "$MODE" in
     G="$PY experiments/run.py experiment=table2_cifar10n_fast $R seed=0 data.noise=worst scorer=l2 retrain=false gallery=32 trainer.enable_progress_bar=false hydra.run.dir=multirun/gallery_worst_l2 $EXTRA"
     echo "$G" >> $OUT/command.txt
     ( $G > multirun/gallery.log 2>&1; cp multirun/gallery_worst_l2/gallery.png $OUT/figure2_gallery_cifar10n_worst_l2.png ) &
-    B="experiment=dropout_table2_resnet9 $J hydra.launcher.n_jobs=6 data.source=jpeg seed=$SEEDS trim.budget=0.05,0.1,0.3,0.5"
+    B="experiment=dropout_table2_resnet9 $J hydra.launcher.n_jobs=${NJOBS:-6} data.source=jpeg seed=$SEEDS trim.budget=0.05,0.1,0.3,0.5"
     sweep gpu_dt2/dropout $B method=Dropout compressor=dropout compressor.r=64
     sweep gpu_dt2/gaussian $B method=Gaussian compressor=gaussian compressor.r=64
     sweep gpu_dt2/logra $B method=LOGRA compressor=logra compressor.r=4096 scorer=orig
