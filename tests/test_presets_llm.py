@@ -56,3 +56,48 @@ def test_wikitext_preset_runs_end_to_end_on_tiny_data(extra, choices, tmp_path, 
     assert res["status"] == "ok" and res["budget"] == {"kind": "count", "value": 5}
     m = res["metrics"]
     assert m["n_trimmed"] == 5 and m["test_perplexity"] > 1 and m["base_test_perplexity"] > 1
+
+
+OWT_PRESETS = {"dropout_table4_pythia_owt_retrain": ("EleutherAI/pythia-1.4b", "tiny_gpt_neox", 4),
+               "dropout_table5_llama_owt_retrain": ("meta-llama/Llama-3.2-1B", "tiny_llama", 7)}
+
+
+@pytest.mark.parametrize("experiment", list(OWT_PRESETS))
+def test_owt_presets_compose_with_the_papers_recipe(experiment):
+    cfg = _cfg(experiment, [])
+    hub_name, _, _ = OWT_PRESETS[experiment]
+    assert cfg.model.model == hub_name and cfg.model.lora_rank is None
+    assert cfg.model.lr == 2e-5 and cfg.model.weight_decay == 0.01 and cfg.trainer.max_epochs == 1
+    assert cfg.data.corpus == "openwebtext" and cfg.data.n_train == 2000 and cfg.data.seq_len == 128
+    assert cfg.data.batch_size == 16 and cfg.compressor.r == 512 and cfg.trim.remove == "beneficial"
+    assert cfg.attribution.reference == "test"
+
+
+def _owt_files(tmp_path):
+    # a small local "OpenWebText": offline users point data.train_file / data.test_file at text files
+    rng = __import__("random").Random(0)
+    words = "the a model data sample gradient training test web text page news story people city year".split()
+    for name, n in (("train.txt", 400), ("test.txt", 60)):
+        (tmp_path / name).write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(n)))
+    return [f"data.train_file={tmp_path / 'train.txt'}", f"data.test_file={tmp_path / 'test.txt'}"]
+
+
+@pytest.mark.parametrize("experiment", list(OWT_PRESETS))
+@pytest.mark.parametrize("rows", ["dropout", "logra"])
+def test_owt_presets_run_end_to_end_on_tiny_models(experiment, rows, tmp_path):
+    _, tiny, per_layer = OWT_PRESETS[experiment]
+    extra = ["compressor.r=16"] if rows == "dropout" else ["compressor=logra", "compressor.r=4", "scorer=orig"]
+    cfg = _cfg(experiment, [f"model={tiny}", "data.n_train=24", "data.n_test=4", "data.seq_len=32",
+                            "data.batch_size=8", "trainer=default", "trainer.max_epochs=1", "trim.budget=0.25",
+                            "torch_threads=1", *_owt_files(tmp_path), *extra, f"paths.cache_dir={tmp_path / 'cache'}"])
+    res = pipeline.run(cfg, tmp_path / "run", choices={"compressor": rows})
+    assert res["status"] == "ok", res.get("error")
+    assert res["budget"] == {"kind": "fraction", "value": 0.25} and res["metrics"]["n_trimmed"] == 6
+    assert res["metrics"]["test_perplexity"] > 1 and res["metrics"]["base_test_perplexity"] > 1
+    # the preset's gradient pattern picks every Linear weight of both tiny decoder layers (and nothing else)
+    from hydra.utils import instantiate
+
+    from gradsift.attribution.gradients import select_parameters
+
+    chosen = select_parameters(instantiate(cfg.model), cfg.gradients.parameters)
+    assert len(chosen) == 2 * per_layer and all(".layers." in n and n.endswith(".weight") for n in chosen), chosen
