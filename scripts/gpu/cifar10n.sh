@@ -29,6 +29,7 @@ sweep() {  # name overrides... : one Hydra multirun, cut at the script's time li
   local name=$1; shift
   local rem=$((END - $(date +%s))); [ $rem -gt 30 ] || { echo "skip $name: no time left" >> $OUT/progress.txt; return 0; }
   echo "python3 experiments/run.py -m $* hydra.sweep.dir=multirun/$name" >> $OUT/command.txt
+  mkdir -p "$(dirname multirun/$name.log)"
   timeout $rem $PY experiments/run.py -m "$@" $EXTRA hydra.sweep.dir=multirun/$name hydra.callbacks.summary.out_dir=multirun/$name/summary >> multirun/$name.log 2>&1
   echo "$name exit $? at $(( $(date +%s) - T0 )) s" >> $OUT/progress.txt
 }
