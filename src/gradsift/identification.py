@@ -35,10 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gradsift.attribution.gradient_set import GradientSet
-from gradsift.cache import config_hash
 from gradsift.scoring.class_detection import PerClassIsolationForest, class_detection_metrics, pairwise_scores
 from gradsift.scoring.influence import DataInf, GradientTracing, block_damping
 from gradsift.scoring.outliers import IsolationForestScorer
@@ -114,18 +113,12 @@ def score_matrix(scorer_cfg: DictConfig, train: GradientSet, test: GradientSet, 
 def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
     """One identification run; writes ``result.json`` (status running -> ok/failed), ``scores.npy``,
     ``per_test.csv`` and ``heatmap.png`` in ``output_dir`` and returns the result dict."""
-    from gradsift.pipeline import _now, _own_output_dir, _write, base_artifacts, recorded, versions  # the pipeline imports us lazily
+    from gradsift.pipeline import _now, _write, base_artifacts, recorded, start_run  # the pipeline imports us lazily
 
-    output_dir = _own_output_dir(output_dir)  # only rank 0 of a multi-process launch writes the run's files
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
     t_start = time.perf_counter()
+    # only rank 0 of a multi-process launch writes the run's files
+    output_dir, result = start_run(cfg, output_dir, dataset=cfg.data.get("benchmark"), flow="identification")
     ident = cfg.get("identification") or {}
-    result = {"experiment": cfg.experiment_name, "flow": "identification",
-              "dataset": cfg.data.get("benchmark") or cfg.data.get("name", cfg.data._target_.rsplit(".", 1)[-1]),
-              "seed": int(cfg.seed), "config_hash": config_hash(cfg),
-              "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions(), "status": "running",
-              "error": None}
     with recorded(result, output_dir):  # result.json is written whatever happens, errors included
         cls = get_class(cfg.scorer._target_)
         method = cfg.get("method") or METHOD_NAMES.get(cls) or cfg.scorer.get("display_name") or cls.__name__

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from gradsift.attribution.callback import AttributionCallback
+from gradsift.attribution.distributed import torch_process_group
 from gradsift.attribution.gradient_set import GradientSet
 from gradsift.cache import ArtifactCache, config_hash, launcher_rank
 from gradsift.data.base import NoisyLabelDataModule
@@ -166,7 +167,7 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Sc
     def build(out: Path) -> None:
         cb = AttributionCallback(gradients=instantiate(cfg.gradients, compressor=instantiate(cfg.compressor)),
                                  reference=cfg.attribution.reference, probs=True, seed=cfg.seed)
-        dist = _process_group()  # after a DDP/FSDP fit every rank gathers a share (gradsift.attribution.distributed)
+        dist = torch_process_group()  # after a DDP/FSDP fit every rank gathers a share
         cb.attribute(load_model(cfg, model_dir), datamodule, dist=dist)
         for split, gs in cb.gradients.items():
             gs.save(str(out / f"grads_{split}.npz"))
@@ -188,22 +189,6 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Sc
     if needs_hessian:
         art["hessian"] = _cached_hessian(cfg, datamodule, path, model_dir)
     return art
-
-
-def _process_group() -> dict | None:
-    """The ``dist`` argument of :meth:`AttributionCallback.attribute` when a process group of several ranks is up
-    (Lightning keeps the one of a DDP/FSDP fit), else None."""
-    import torch.distributed as td
-
-    if not (td.is_available() and td.is_initialized() and td.get_world_size() > 1):
-        return None
-
-    def broadcast(obj, src: int = 0):
-        box = [obj]
-        td.broadcast_object_list(box, src=src)
-        return box[0]
-
-    return {"rank": td.get_rank(), "world_size": td.get_world_size(), "barrier": td.barrier, "broadcast": broadcast}
 
 
 def _model_keys(cfg: DictConfig) -> list[str]:
@@ -248,14 +233,8 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         from gradsift.identification import run as run_identification
 
         return run_identification(cfg, output_dir, choices)
-    output_dir = _own_output_dir(output_dir)
-    if cfg.get("torch_threads"):
-        # tiny models: one intra-op thread avoids OpenMP spin contention (30x slower when several jobs share cores)
-        torch.set_num_threads(int(cfg.torch_threads))
     t_start = time.perf_counter()
-    result = {"experiment": cfg.experiment_name, "dataset": cfg.data.get("name", cfg.data._target_.rsplit(".", 1)[-1]),
-              "seed": int(cfg.seed), "config_hash": config_hash(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
-              "versions": versions(), "status": "running", "error": None}
+    output_dir, result = start_run(cfg, output_dir)
     with recorded(result, output_dir):
         scorer: Scorer = instantiate(cfg.scorer)
         check_exact_hessian_compressor(scorer, instantiate(cfg.compressor))  # before any training
@@ -304,6 +283,20 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
                                     title=f"{method} | {result['dataset']} | seed {cfg.seed}")
         log_run(cfg, result, cb, datamodule)
     return result
+
+
+def start_run(cfg: DictConfig, output_dir: str | Path, dataset: str | None = None, **fields) -> tuple[Path, dict]:
+    """What every flow does first: this process's output folder (:func:`_own_output_dir`), the torch thread count,
+    and the ``result`` record (status ``running``) that :func:`recorded` writes whatever happens."""
+    output_dir = _own_output_dir(output_dir)
+    if cfg.get("torch_threads"):
+        # tiny models: one intra-op thread avoids OpenMP spin contention (30x slower when several jobs share cores)
+        torch.set_num_threads(int(cfg.torch_threads))
+    result = {"experiment": cfg.experiment_name, **fields,
+              "dataset": dataset or cfg.data.get("name", cfg.data._target_.rsplit(".", 1)[-1]),
+              "seed": int(cfg.seed), "config_hash": config_hash(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
+              "versions": versions(), "status": "running", "error": None}
+    return output_dir, result
 
 
 def retrain(cfg: DictConfig, datamodule: NoisyLabelDataModule, keep: np.ndarray,

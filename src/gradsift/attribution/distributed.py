@@ -64,6 +64,16 @@ def _dist_broadcast(obj, src: int = 0):
     return box[0]
 
 
+def torch_process_group() -> dict | None:
+    """The ``dist`` argument of :meth:`AttributionCallback.attribute` for an initialised ``torch.distributed`` group
+    of several ranks (Lightning keeps the one of a DDP/FSDP fit), else None."""
+    td = torch.distributed
+    if not (td.is_available() and td.is_initialized() and td.get_world_size() > 1):
+        return None
+    return {"rank": td.get_rank(), "world_size": td.get_world_size(), "barrier": _dist_barrier,
+            "broadcast": _dist_broadcast}
+
+
 def gather_sharded(engine: PerSampleGradients, module: torch.nn.Module, loader: DataLoader, root: str | os.PathLike,
                    rank: int, world_size: int, barrier: Callable[[], None] = _dist_barrier,
                    desc: str = "gradients", batches_per_shard: int = 16, in_memory: bool = False) -> GradientSet:
