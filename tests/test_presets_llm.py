@@ -56,6 +56,8 @@ def test_wikitext_preset_runs_end_to_end_on_tiny_data(extra, choices, tmp_path, 
     assert res["status"] == "ok" and res["budget"] == {"kind": "count", "value": 5}
     m = res["metrics"]
     assert m["n_trimmed"] == 5 and m["test_perplexity"] > 1 and m["base_test_perplexity"] > 1
+    # text has no class labels: no label-noise metrics (they read precision 0.0, recall NaN before)
+    assert not {"precision", "recall", "detection_acc", "detection_auc", "n_noisy"} & set(m)
 
 
 OWT_PRESETS = {"dropout_table4_pythia_owt_retrain": ("EleutherAI/pythia-1.4b", "tiny_gpt_neox", 4),

@@ -260,7 +260,10 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         train = art["train"]
         noise = train.labels != by_row["clean_label"].to_numpy()
         metrics = {f"base_test_{k}": v for k, v in art["model_meta"]["base_test"].items()}
-        metrics.update(detection_metrics(remove, scores, noise))
+        if getattr(datamodule, "has_label_noise", True):
+            metrics.update(detection_metrics(remove, scores, noise))
+        else:  # no classes (causal-LM text): only how many were removed
+            metrics["n_trimmed"] = int(remove.sum())
         retrain_s = 0.0
         if cfg.get("retrain", True):
             keep = train.index[~remove]

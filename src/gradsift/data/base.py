@@ -81,6 +81,9 @@ class NoisyLabelDataModule(pl.LightningDataModule):
     """
 
     num_classes: int = 2
+    #: False where items carry no class labels (causal-LM corpora): label-noise detection metrics
+    #: (precision, recall, detection AUC against the noise mask) mean nothing there and are not reported
+    has_label_noise: bool = True
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
                  seed: int = 0, keep: Sequence[int] | None = None, name: str | None = None):

@@ -80,6 +80,8 @@ class TextCorpusDataModule(NoisyLabelDataModule):
     module docstring), else the hub. ``tokenizer=None`` trains a byte-level BPE on the training text.
     """
 
+    has_label_noise = False
+
     def __init__(self, corpus: str = "wikitext", seq_len: int = 256, n_train: int = 2000, n_test: int = 50,
                  tokenizer: str | PreTrainedTokenizerBase | None = "gpt2", tokenizer_vocab_size: int = 512,
                  data_dir: str | None = None, train_file: str | None = None, test_file: str | None = None,
