@@ -5,6 +5,7 @@ holds out of the training pool (``val_size`` samples, labels never flipped), nev
 (one torch thread); prints one JSON line per epoch.
 
     python experiments/probe_glue_recipe.py --task mrpc --lr 1e-3 --targets query value --rank 2 --epochs 5
+    python experiments/probe_glue_recipe.py --task mrpc --pooling mean --epochs 5
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--val-size", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
     args = p.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(args.seed)
@@ -51,8 +53,9 @@ def main() -> None:
     labels = np.asarray([dm.val_set[i]["label"] for i in range(len(dm.val_set))])
     majority = float(max(labels.mean(), 1 - labels.mean()))
     model = SequenceClassifier(model=args.model, lora_rank=args.rank, target_modules=args.targets, lr=args.lr,
-                               seed=args.seed)
-    info = {"task": args.task, "lr": args.lr, "targets": args.targets, "rank": args.rank, "seed": args.seed}
+                               pooling=args.pooling, seed=args.seed)
+    info = {"task": args.task, "lr": args.lr, "targets": args.targets, "rank": args.rank, "pooling": args.pooling,
+            "seed": args.seed}
     pl.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                callbacks=[EpochPrinter(info, majority)]).fit(model, datamodule=dm)

@@ -156,3 +156,40 @@ def test_initialisation_follows_the_seed_only():
     b = tiny_roberta(30, seed=5)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
     assert torch.equal(head(a), head(b)) and not torch.equal(head(a), head(tiny_roberta(30, seed=6)))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_mean_pooling_reads_the_masked_mean_through_the_trained_head(model_type, tiny_glue):
+    cfg = {"model_type": model_type, "vocab_size": len(WORDS) + 5, "hidden_size": 16, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 40, "pad_token_id": 0}
+    mean = SequenceClassifier(model=None, config=cfg, lora_rank=2, pooling="mean", seed=3).eval()
+    cls = SequenceClassifier(model=None, config=cfg, lora_rank=2, pooling="cls", seed=3).eval()
+    batch = tiny_glue.collate([tiny_glue.train_set[i] for i in range(6)])
+    assert (batch["attention_mask"] == 0).any()  # padded rows: the mean must skip the padding
+    with torch.no_grad():
+        logits = mean.logits(batch)
+        assert logits.shape == (6, 2)
+        assert not torch.allclose(logits, cls.logits(batch))  # same weights, other pooling
+        # by hand: each row alone, unpadded, mean of its hidden states, then the head's own layers
+        task = mean.net.base_model.model
+        head = task.classifier.modules_to_save["default"]  # the trained copy PEFT makes of the head
+        for i in range(6):
+            n = int(batch["attention_mask"][i].sum())
+            ids = batch["input_ids"][i:i + 1, :n]
+            pooled = task.base_model(input_ids=ids).last_hidden_state.mean(1)
+            ref = head(pooled) if model_type == "bert" else head.out_proj(torch.tanh(head.dense(pooled)))
+            torch.testing.assert_close(logits[i], ref[0], rtol=1e-4, atol=1e-5)
+    # per-sample gradients through the mean-pooled head (the engine's torch.func path) match autograd
+    with torch.no_grad():  # B starts at zero, which would make every lora_A gradient zero
+        for name, p in mean.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    gs = PerSampleGradients(parameters="lora", progress=False).gather(mean, tiny_glue.attribution_dataloader("train"))
+    params = select_parameters(mean, "lora")
+    one = tiny_glue.collate([tiny_glue.train_set[4]])
+    ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(mean.per_sample_loss(one).sum(),
+                                                                 list(params.values()))]).numpy()
+    assert np.abs(ref).max() > 0
+    np.testing.assert_allclose(gs.grads[4], ref, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="model.pooling"):
+        SequenceClassifier(model=None, config=cfg, pooling="max")

@@ -4,6 +4,11 @@ The setup of OGA Appendix B.2.2 and Table 8 of the dropout paper: PEFT LoRA on e
 rank 4 (2 or 8 in the dropout paper), dropout 0.05, AdamW lr 3e-4 without weight decay, linear schedule, batch 32,
 10 epochs. As in DataInf, ``lora_alpha`` defaults to the rank and the classification head is trained too
 (``train_head``); attribution can still be restricted to the adapters with ``parameters: lora``.
+
+``pooling``: ``cls`` (the transformers head: BERT reads [CLS] through its pretrained ``pooler``, RoBERTa's head
+reads [CLS]) or ``mean`` (the head reads the attention-masked mean of the last hidden states instead; BERT's
+pooler is skipped). Sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained mean-pooled, and the
+``pooler`` weights they ship were never trained with them.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ class SequenceClassifier(GradsiftModule):
                  num_labels: int = 2, lora_rank: int = 4, lora_alpha: float | None = None, lora_dropout: float = 0.05,
                  target_modules: Sequence[str] = ("value",), train_head: bool = True, lr: float = 3e-4,
                  weight_decay: float = 0.0, scheduler: str | None = "linear", warmup_ratio: float = 0.06,
-                 attn_implementation: str | None = None, seed: int = 0):
+                 attn_implementation: str | None = None, pooling: str = "cls", seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["config"])
         if (model is None) == (config is None):
             raise ValueError("SequenceClassifier needs exactly one of model= (a name or directory) and config= "
                              f"(a PretrainedConfig or dict with model_type); got model={model!r}, config={config!r}")
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"model.pooling must be 'cls' or 'mean', got {pooling!r}")
         if scheduler not in (None, "linear"):
             raise ValueError(f"model.scheduler must be 'linear' or null, got {scheduler!r}")
         lora = LoraConfig(task_type="SEQ_CLS", r=lora_rank, lora_alpha=lora_alpha or lora_rank,
@@ -59,7 +66,13 @@ class SequenceClassifier(GradsiftModule):
         dtype = self.net.get_input_embeddings().weight.dtype
         additive = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         inputs = {k: batch[k] for k in ("input_ids", "token_type_ids") if k in batch}
-        return self.net(**inputs, attention_mask=additive).logits
+        if self.hparams.pooling == "cls":
+            return self.net(**inputs, attention_mask=additive).logits
+        task_model = self.net.base_model.model  # the AutoModelForSequenceClassification under the LoRA wrapper
+        hidden = task_model.base_model(**inputs, attention_mask=additive).last_hidden_state
+        weights = mask.to(hidden.dtype)[:, :, None]
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return _head(task_model, pooled)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -70,6 +83,15 @@ class SequenceClassifier(GradsiftModule):
         schedule = get_scheduler("linear", optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * total),
                                  num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _head(task_model: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
+    """The task model's own classification head applied to a pooled [B, H] representation."""
+    head = task_model.classifier  # PEFT wraps it (ModulesToSaveWrapper) to train a copy; the wrapper dispatches
+    if isinstance(getattr(head, "original_module", head), torch.nn.Linear):  # BERT-style: dropout, linear
+        return head(task_model.dropout(pooled))
+    # RoBERTa-style heads take [B, L, H] and read position 0 themselves (dropout, dense, tanh, dropout, out_proj)
+    return head(pooled[:, None, :])
 
 
 def build_backbone(model: str | None, config: PretrainedConfig | Mapping[str, Any] | None, num_labels: int,
