@@ -1,6 +1,7 @@
 """End-to-end: train -> gradients -> score -> trim -> retrain -> result.json, and the base-model cache."""
 
 import json
+import subprocess
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -27,6 +28,10 @@ def test_end_to_end_writes_result_json(tmp_path):
     assert 0 <= m["detection_acc"] <= 1 and 0 <= m["test_acc"] <= 1 and 0 <= m["detection_auc"] <= 1
     assert {"train_s", "gradients_s", "score_s", "retrain_s", "total_s"} <= set(saved["timings"])
     assert saved["versions"]["torch"] and len(saved["config_hash"]) == 16
+    # the code revision, so two runs of one config can be told apart by code (this test runs from a git checkout)
+    head = subprocess.run(["git", "-C", str(CONF), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert saved["versions"]["commit"] == head.stdout.strip() and isinstance(saved["versions"]["dirty"], bool)
     assert (tmp_path / "run" / "flagged.csv").exists()
     assert res["metrics"] == saved["metrics"]
 
@@ -150,3 +155,12 @@ def test_wandb_offline_run_of_a_pipeline_job(tmp_path, monkeypatch):
             "attribution/plots/scores/_type"} <= history
     summary = set().union(*(_keys(r.summary.update) for r in records if r.HasField("summary")))
     assert {"timings/train_s", "timings/retrain_s", "attribution/n_flagged"} <= summary
+
+
+def test_code_revision_can_be_given_for_a_tree_without_git(monkeypatch):
+    pipeline.code_revision.cache_clear()
+    monkeypatch.setenv("GRADSIFT_COMMIT", "0123abc")
+    try:
+        assert pipeline.versions()["commit"] == "0123abc" and pipeline.versions()["dirty"] is None
+    finally:
+        pipeline.code_revision.cache_clear()

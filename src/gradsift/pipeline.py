@@ -6,6 +6,7 @@ The base model and its gradients are cached by the hash of the config sections t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -363,9 +364,33 @@ def versions() -> dict:
 
     import gradsift
 
-    return {"gradsift": gradsift.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "pytorch_lightning": pl.__version__, "sklearn": sklearn.__version__, "numpy": np.__version__,
-            "platform": platform.platform()}
+    return {"gradsift": gradsift.__version__, **code_revision(), "python": platform.python_version(),
+            "torch": torch.__version__, "pytorch_lightning": pl.__version__, "sklearn": sklearn.__version__,
+            "numpy": np.__version__, "platform": platform.platform()}
+
+
+@functools.cache
+def code_revision() -> dict:
+    """``{"commit": <sha>, "dirty": bool}`` of the gradsift checkout a run used, so two runs of one config can be told
+    apart by code. ``GRADSIFT_COMMIT`` overrides it (a copy of the tree without ``.git``, e.g. on a remote GPU box:
+    pass the sha of what was copied); ``{}`` for an installed package outside git."""
+    import os
+    import subprocess
+
+    if os.environ.get("GRADSIFT_COMMIT"):
+        return {"commit": os.environ["GRADSIFT_COMMIT"], "dirty": None}
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "dirty": dirty}
 
 
 def _json_default(o):
