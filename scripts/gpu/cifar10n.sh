@@ -4,6 +4,8 @@
 #   SEEDS=1 bash scripts/gpu/cifar10n.sh table2     # one more seed per call (a seed is ~6.5 min on one H100)
 #   bash scripts/gpu/cifar10n.sh extras             # Table 9 (ResNet-18, CE vs iForest) + Table 5 (L2 budget sweep on worst)
 #   bash scripts/gpu/cifar10n.sh dropout            # dropout Table 2 (ResNet-9 on 10k images) + the Figure 2 gallery
+#   bash scripts/gpu/cifar10n.sh clean              # clean-label test accuracy of the recipes (ResNet-34 and -18,
+#                                                   # trainer=fast's 18 epochs and the 10 of the tables), no trimming
 # Env: SEEDS (Hydra list, e.g. 0 or 1,2), OUT (results folder), LIMIT (seconds for the whole script, default 540),
 # NJOBS (joblib jobs per sweep). CPU dry run: DEVICE_SETUP=0 PY=.venv/bin/python NJOBS=1 GRADSIFT_DATA=../shared/data
 # EXTRA='+trainer.fast_dev_run=true data.device=cpu trainer.precision=32-true torch_threads=1 data.subset=600
@@ -67,10 +69,19 @@ case "$MODE" in
     wait
     $PY experiments/summarize.py multirun/gpu_dt2 --table dropout.table2_resnet9_cifar10_retrain --out $OUT/dropout_table2_resnet9 > $OUT/summary.log 2>&1
     DIRS="multirun/gpu_dt2 multirun/gallery_worst_l2" ;;
-  *) echo "mode must be table2, extras or dropout, got $MODE" >&2; exit 2 ;;
+  clean)
+    # the untrimmed model on the clean CIFAR-10 labels (detection-only: retrain=false; the L2 scores are a by-product)
+    C="$J hydra.launcher.n_jobs=${NJOBS:-2} data.source=jpeg data.batch_size=512 data.eval_batch_size=1024 model.lr=0.4 seed=$SEEDS data.noise=clean scorer=l2 retrain=false"
+    sweep gpu_clean/resnet34 experiment=table2_cifar10n_fast $C trainer.max_epochs=10,18 &
+    sweep gpu_clean/resnet18 experiment=table9_resnet18 $C trainer.max_epochs=10,18 &
+    wait
+    $PY experiments/summarize.py multirun/gpu_clean --table oga.recipe_clean_label_accuracy --out $OUT/clean_label_accuracy_cifar10_jpeg > $OUT/summary.log 2>&1
+    DIRS="multirun/gpu_clean" ;;
+  *) echo "mode must be table2, extras, dropout or clean, got $MODE" >&2; exit 2 ;;
 esac
 cat $OUT/gpu.txt >> $OUT/progress.txt 2>/dev/null; rm -f $OUT/gpu.txt
-for f in multirun/*.log; do tail -30 "$f" > "$f.tail"; done
-tar czf $OUT/results.tgz multirun/*.log.tail $(find $DIRS -name result.json -o -name multirun.yaml 2>/dev/null) 2>/dev/null
-grep -h "Error" multirun/*.log 2>/dev/null | sort | uniq -c | head -20 >> $OUT/progress.txt
+LOGS=$(find multirun -maxdepth 2 -name '*.log' 2>/dev/null)  # sweep logs sit beside their (nested) sweep folders
+for f in $LOGS; do tail -30 "$f" > "$f.tail"; done
+tar czf $OUT/results.tgz $(for f in $LOGS; do echo "$f.tail"; done) $(find $DIRS -name result.json -o -name multirun.yaml 2>/dev/null) 2>/dev/null
+grep -h "Error" $LOGS 2>/dev/null | sort | uniq -c | head -20 >> $OUT/progress.txt
 cat $OUT/progress.txt; ls $OUT
