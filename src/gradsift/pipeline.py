@@ -386,6 +386,7 @@ def code_revision() -> dict:
                               check=True).stdout.strip()
 
     try:
+        git("ls-files", "--error-unmatch", "__init__.py")  # the package is the checkout's, not a copy installed in it
         commit = git("rev-parse", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
