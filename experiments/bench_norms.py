@@ -53,7 +53,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=50_000)
     p.add_argument("--d", type=int, default=5_130)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cold", choices=["whole", "rows4096", "block"], help=argparse.SUPPRESS)  # child process: one timed call
+    # child process: one timed call
+    p.add_argument("--cold", choices=["whole", "rows4096", "block"], help=argparse.SUPPRESS)
     p.add_argument("--ord", type=int, default=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     x = matrix(args.n, args.d)
@@ -79,6 +80,7 @@ def main() -> None:
         print(f"| L{ord} | {cold['whole']:.2f} | {cold['rows4096']:.2f} | {cold['block']:.2f} | "
               f"{cold['whole'] / cold['block']:.1f}x | {warm['whole']:.2f} | {warm['rows4096']:.2f} | "
               f"{warm['block']:.2f} | {warm['rows4096'] / warm['block']:.1f}x | {equal} |")
+
 
 if __name__ == "__main__":
     main()

@@ -259,9 +259,9 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         remove = by_row["flagged"].to_numpy()
 
         train = art["train"]
-        noise = train.labels != by_row["clean_label"].to_numpy()
         metrics = {f"base_test_{k}": v for k, v in art["model_meta"]["base_test"].items()}
         if getattr(datamodule, "has_label_noise", True):
+            noise = train.labels != by_row["clean_label"].to_numpy()
             metrics.update(detection_metrics(remove, scores, noise))
         else:  # no classes (causal-LM text): only how many were removed
             metrics["n_trimmed"] = int(remove.sum())

@@ -59,26 +59,25 @@ class NormScorer(Scorer):
         return self._scores > np.quantile(self._scores, 1 - self.contamination)
 
 
+_BLOCK_BYTES = 2 << 20  # float64 bytes per block of row_norms: fits the L2/L3 cache of current x86 cores
+
+
 def row_norms(grads, ord: int, rows: int | None = None) -> np.ndarray:
     """Float64 L1 / L2 norm of every row, converted a block of ``rows`` rows at a time.
 
     The same arithmetic as ``np.linalg.norm(grads.astype(np.float64), ord, axis=1)`` (equal to the last bit), without
     the float64 copy of the whole matrix (two for L1), whose fresh pages cost a job's single call 5-6x the time on
     50,000 x 5,130. By default a block holds about 2 MiB of float64, so the converted block is still in the CPU
-    cache when it is reduced: 2-4x faster than 4,096-row blocks (docs/BENCHMARKS.md, experiments/bench_norms.py).
+    cache when it is reduced: about 4x faster than 4,096-row blocks (docs/BENCHMARKS.md, experiments/bench_norms.py).
     """
     n = len(grads)
-    d = int(np.prod(np.shape(grads)[1:])) if n else 1
-    rows = rows or max(1, _BLOCK_BYTES // (8 * max(d, 1)))
+    rows = rows or max(1, _BLOCK_BYTES // (8 * max(1, int(np.prod(np.shape(grads)[1:])))))
     out = np.empty(n, dtype=np.float64)
     for start in range(0, n, rows):
         block = np.asarray(grads[start:start + rows], dtype=np.float64)
         out[start:start + rows] = np.add.reduce(np.abs(block), axis=1) if ord == 1 else \
             np.sqrt(np.add.reduce(block * block, axis=1))
     return out
-
-
-_BLOCK_BYTES = 2 << 20  # float64 bytes per block of row_norms: fits the L2/L3 cache of current x86 cores
 
 
 class OneClassSVMScorer(Scorer):
