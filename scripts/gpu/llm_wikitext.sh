@@ -38,8 +38,7 @@ COMMON=(experiment=dropout_table3_wikitext_retrain model.model=$MODEL paths.data
         paths.cache_dir=/tmp/cache hydra.callbacks.summary.out_dir=/tmp/sum 'hydra.sweep.subdir=${hydra.job.num}'
         trainer.max_epochs=1 trim.budget=${BUDGETS:-150,250,350,450})
 : > $OUT/commands.txt
-sweep() {  # seed name overrides...
-  set -f  # the overrides hold regex brackets: no globbing
+sweep() {  # seed name overrides... (called with globbing off: the overrides hold regex brackets)
   local s=$1 name=$2; shift 2
   local L=$(( $(left) - 20 )); [ $L -lt 30 ] && { stamp "skip seed $s $name"; return; }
   echo "$PY experiments/run.py -m ${COMMON[*]} seed=$s $* $EXTRA hydra.sweep.dir=multirun/wikitext/s${s}_$name" >> $OUT/commands.txt
@@ -59,8 +58,9 @@ mkdir -p multirun
 # PAR workers side by side; sweep number i (in the order of tasks) goes to worker i mod PAR
 tasks > $OUT/tasks.txt
 for w in $(seq 1 ${PAR:-4}); do
-  ( while IFS= read -r line; do
-      set -f; sweep $line
+  ( set -f  # a task line is split into words unquoted: no globbing of its regex brackets
+    while IFS= read -r line; do
+      sweep $line
     done < <(awk -v w=$w -v p=${PAR:-4} 'NR % p == w % p' $OUT/tasks.txt) ) &
 done
 wait
