@@ -193,3 +193,6 @@ def test_mean_pooling_reads_the_masked_mean_through_the_trained_head(model_type,
     np.testing.assert_allclose(gs.grads[4], ref, rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="model.pooling"):
         SequenceClassifier(model=None, config=cfg, pooling="max")
+    other = {"model_type": "distilbert", "vocab_size": 20, "dim": 8, "n_layers": 1, "n_heads": 2, "hidden_dim": 16}
+    with pytest.raises(ValueError, match="model.pooling=mean is implemented for"):  # its head has a pre_classifier
+        SequenceClassifier(model=None, config=other, lora_rank=2, target_modules=["v_lin"], pooling="mean")

@@ -51,6 +51,10 @@ class SequenceClassifier(GradsiftModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the new head and the LoRA A matrices come from the seed, not the global RNG
             self.net = get_peft_model(build_backbone(model, config, num_labels, attn_implementation), lora)
+        model_type = self.net.base_model.model.config.model_type
+        if pooling == "mean" and model_type not in MEAN_POOLING_HEADS:
+            raise ValueError(f"model.pooling=mean is implemented for {sorted(MEAN_POOLING_HEADS)} heads, not "
+                             f"{model_type!r}; use model.pooling=cls")
         # from_pretrained returns the backbone in eval mode and Lightning (>= 2.2) keeps submodule modes, which would
         # switch off the encoder's and LoRA's dropout during fine-tuning
         self.net.train()
@@ -83,6 +87,9 @@ class SequenceClassifier(GradsiftModule):
         schedule = get_scheduler("linear", optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * total),
                                  num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+MEAN_POOLING_HEADS = {"bert", "roberta"}  # classifier heads whose layers _head knows (tests/models)
 
 
 def _head(task_model: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
