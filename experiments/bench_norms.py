@@ -6,6 +6,7 @@ of ~2 MiB) against its earlier 4,096-row blocks and the original whole-matrix
 page-faults in, one float64 copy for L2 and two for L1); "warm": best of ``--repeats`` calls in this process.
 
     python experiments/bench_norms.py            # 50,000 x 5,130 float32 (CIFAR-10 last layer), best of 3
+    python experiments/bench_norms.py --block-sweep   # L1 + L2 seconds per block size, three matrix shapes
 """
 
 from __future__ import annotations
@@ -48,15 +49,37 @@ def first_call(n: int, d: int, ord: int, name: str) -> float:
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
+SWEEP_SHAPES = ((49_000, 5_130), (200_000, 512), (2_000, 65_536))
+SWEEP_MIB = (0.5, 1, 2, 4, 8)
+
+
+def block_sweep(repeats: int) -> None:
+    """Best-of-``repeats`` seconds of L1 + L2 ``row_norms`` per float64 block size, in this process (how the
+    default block size was picked), against 4,096-row blocks."""
+    print(f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, L1 + L2, best of {repeats}, load average "
+          f"{os.getloadavg()[0]:.1f}\n")
+    print("| shape | 4,096 rows | " + " | ".join(f"{mib:g} MiB" for mib in SWEEP_MIB) + " |")
+    print("|---|---:|" + "---:|" * len(SWEEP_MIB))
+    for n, d in SWEEP_SHAPES:
+        x = matrix(n, d)
+        cells = []
+        for rows in (4096, *(max(1, int(mib * 2**20) // (8 * d)) for mib in SWEEP_MIB)):
+            cells.append(best_of(lambda: (row_norms(x, 1, rows=rows), row_norms(x, 2, rows=rows)), repeats))
+        print(f"| {n:,} x {d:,} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=50_000)
     p.add_argument("--d", type=int, default=5_130)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--block-sweep", action="store_true", help="time L1 + L2 per block size instead (SWEEP_SHAPES)")
     # child process: one timed call
     p.add_argument("--cold", choices=["whole", "rows4096", "block"], help=argparse.SUPPRESS)
     p.add_argument("--ord", type=int, default=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.block_sweep:
+        return block_sweep(args.repeats)
     x = matrix(args.n, args.d)
     if args.cold:
         fn = variants(x, args.ord)[args.cold]
