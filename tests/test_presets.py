@@ -23,3 +23,5 @@ def test_vision_preset_runs_end_to_end_on_cpu(experiment, tmp_path, shared_data)
     res = pipeline.run(cfg, tmp_path / "run", choices={"scorer": "preset"})
     assert res["status"] == "ok" and res["paper_table"] == cfg.paper_table
     assert res["metrics"]["n_trimmed"] == round(cfg.trim.budget * 60) if cfg.trim.selection == "budget" else True
+    # dropout Table 2 trains on the clean labels: no noise mask, so no label-noise detection metrics
+    assert ("precision" in res["metrics"]) == (cfg.data.noise != "clean")

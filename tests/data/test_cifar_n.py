@@ -89,6 +89,12 @@ def test_fake_folder_items_and_labels(fake):
     np.testing.assert_array_equal(test["clean_label"].numpy(), arrays["y_test"])
 
 
+def test_only_noisy_label_choices_report_label_noise(fake):
+    root, _, _ = fake
+    assert _dm(root, noise="worst").has_label_noise
+    assert not _dm(root, noise="clean").has_label_noise
+
+
 def test_label_file_out_of_order_fails_loudly(fake):
     root, arrays, labels = fake
     shuffled = {k: v[::-1].copy() for k, v in labels.items()}

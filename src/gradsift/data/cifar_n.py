@@ -297,6 +297,8 @@ class CIFARNDataModule(NoisyLabelDataModule):
         if device is not None and num_workers > 0:
             raise ValueError("data.device puts the data on an accelerator; it needs data.num_workers=0")
         self.dataset, self.noise, self.family = dataset, noise, family
+        # the clean labels have no noise mask: precision / recall / detection AUC would be empty numbers there
+        self.has_label_noise = noise != "clean"
         self.base = "cifar100" if family == "cifar100n" else "cifar10"
         self.data_dir, self.source, self.download = Path(data_dir), source, download
         self.cache_dir = cache_dir
