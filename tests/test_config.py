@@ -86,12 +86,13 @@ def test_short_dirname_keeps_short_names_and_cuts_long_ones_uniquely():
     assert len(a) == len(b) == 150 and a != b and a.startswith("0_xxx")
 
 
-def test_fast_recipe_turns_on_deterministic_kernels_without_failing_on_missing_ones(tmp_path):
-    """trainer=fast must be reproducible by default: two benchmark=true processes of one seed differed by 2.6
+@pytest.mark.parametrize("trainer", ["fast", "paper"])
+def test_gpu_recipes_turn_on_deterministic_kernels_without_failing_on_missing_ones(trainer, tmp_path):
+    """trainer=fast (and trainer=paper) must be reproducible by default: two benchmark=true processes of one seed differed by 2.6
     points on the GPU, deterministic ones gave the same bits (multirun_summaries/runs/gpu_repro)."""
     import torch
 
-    cfg = _compose(["trainer=fast", "trainer.accelerator=cpu", "trainer.precision=32", f"paths.root_dir={tmp_path}"])
+    cfg = _compose([f"trainer={trainer}", "trainer.accelerator=cpu", "trainer.precision=32", f"paths.root_dir={tmp_path}"])
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.benchmark)
     try:
