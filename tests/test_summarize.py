@@ -182,4 +182,4 @@ def test_detection_only_runs_are_labelled_as_such(tmp_path: Path) -> None:
     _write_job(root, 0, r)
     s = summarize(load_runs([root]), load_table(TABLE1))
     assert s.selection == {"detection": [TRACING]}
-    assert "detection (scores ranked against the noise mask, no retraining)" in to_markdown(s)
+    assert "detection (no retraining; scores ranked against the noise mask where the labels have one)" in to_markdown(s)

@@ -466,7 +466,7 @@ def header_lines(s: Summary) -> list[str]:
 
 
 _RULES = {"budget": "top-k by score within the trim budget", "detector": "the detector's predicted outliers",
-          "detection": "scores ranked against the noise mask, no retraining",
+          "detection": "no retraining; scores ranked against the noise mask where the labels have one",
           "identification": "every training prompt ranked per test prompt, no trimming"}
 
 
