@@ -27,9 +27,9 @@ test-all: setup  ## every CPU test, the slow ones too
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 run: setup  ## the main job: synthetic Table 1 sweep on CPU (both trimming rules), prints paper | ours
-	$(BIN)/python experiments/run.py -m experiment=table1_moons hydra.sweep.dir=multirun/table1_moons
-	$(BIN)/python experiments/run.py -m experiment=table1_moons_detector hydra.sweep.dir=multirun/table1_moons_detector
-	$(BIN)/python experiments/summarize.py multirun/table1_moons multirun/table1_moons_detector \
+	$(BIN)/gradsift-run -m experiment=table1_moons hydra.sweep.dir=multirun/table1_moons
+	$(BIN)/gradsift-run -m experiment=table1_moons_detector hydra.sweep.dir=multirun/table1_moons_detector
+	$(BIN)/gradsift-summarize multirun/table1_moons multirun/table1_moons_detector \
 		--table oga.table1_synthetic_mlp_moons --out multirun_summaries/table1_synthetic
 	@echo "Table 1 written to multirun_summaries/table1_synthetic.{md,csv,tex,png}"
 
@@ -37,43 +37,43 @@ table1: run figure1  ## Table 1 (moons) plus Figure 1 (toy set, blobs, moons)
 	@echo "Table 1: multirun_summaries/table1_synthetic.md (.csv, .tex, .png); Figure 1: multirun_summaries/figure1_*.png"
 
 figure1: setup  ## Figure 1 A-D (authors' toy set, blobs) and E-H (moons) as PNG
-	$(BIN)/python experiments/figure1.py --out multirun_summaries
+	$(BIN)/python examples/figure1.py --out multirun_summaries
 
 tables: table1  ## every paper table that runs on this machine (CPU: OGA Table 1 and Figure 1)
 	@echo "GPU tables have their own targets (make help): table2-cifar10n, dropout-table1-glue, figure3-glue, table3-llm, dropout-table2-resnet9; see docs/STATUS.md"
 
 # GPU tables: the exact sweeps behind the committed summaries (need a GPU and the CIFAR-10 data under GRADSIFT_DATA)
 table2-cifar10n: setup  ## GPU: OGA Table 2 analog (CIFAR-10N worst + aggregate, ResNet-34, 10 epochs, 7 methods)
-	$(BIN)/python experiments/run.py -m experiment=table2_cifar10n_fast hydra/launcher=joblib hydra.launcher.n_jobs=4 \
+	$(BIN)/gradsift-run -m experiment=table2_cifar10n_fast hydra/launcher=joblib hydra.launcher.n_jobs=4 \
 		torch_threads=4 trainer.enable_progress_bar=false trainer.max_epochs=10 data.batch_size=512 \
 		data.eval_batch_size=1024 model.lr=0.4 seed=0 data.noise=worst,aggregate \
 		scorer=iforest,l2,l1,tracin,datainf,normalized_margin,self_confidence hydra.sweep.dir=multirun/gpu_table2
-	$(BIN)/python experiments/summarize.py multirun/gpu_table2 --table oga.table2_cifar_n_resnet34 \
+	$(BIN)/gradsift-summarize multirun/gpu_table2 --table oga.table2_cifar_n_resnet34 \
 		--out multirun_summaries/table2_cifar10n_jpeg_resnet34
 
 dropout-table1-glue: setup  ## GPU: dropout Tables 1 and 9 (GLUE mislabel-detection AUC, iHVP seconds), MiniLM-L6 + LoRA
-	$(BIN)/python experiments/run.py -m experiment=dropout_table1_glue_detection hydra.sweep.dir=multirun/glue_det
-	$(BIN)/python experiments/summarize.py multirun/glue_det --table dropout.table1_mislabel_auc_glue --out multirun_summaries/dropout_table1_glue
-	$(BIN)/python experiments/summarize.py multirun/glue_det --table dropout.table9_ihvp_seconds_glue --out multirun_summaries/dropout_table9_glue_seconds
+	$(BIN)/gradsift-run -m experiment=dropout_table1_glue_detection hydra.sweep.dir=multirun/glue_det
+	$(BIN)/gradsift-summarize multirun/glue_det --table dropout.table1_mislabel_auc_glue --out multirun_summaries/dropout_table1_glue
+	$(BIN)/gradsift-summarize multirun/glue_det --table dropout.table9_ihvp_seconds_glue --out multirun_summaries/dropout_table9_glue_seconds
 
 figure3-glue: setup  ## GPU: OGA Figure 3 (keep the best 70%, test accuracy per epoch), MiniLM-L6 + LoRA
-	$(BIN)/python experiments/run.py -m experiment=figure3_glue_selection hydra.sweep.dir=multirun/glue_sel
-	$(BIN)/python experiments/summarize.py multirun/glue_sel --table oga.figure3_glue_data_selection --out multirun_summaries/figure3_glue_selection_last_epoch
-	$(BIN)/python -m gradsift.viz.curves multirun/glue_sel --out multirun_summaries/figure3_glue_selection
+	$(BIN)/gradsift-run -m experiment=figure3_glue_selection hydra.sweep.dir=multirun/glue_sel
+	$(BIN)/gradsift-summarize multirun/glue_sel --table oga.figure3_glue_data_selection --out multirun_summaries/figure3_glue_selection_last_epoch
+	$(BIN)/gradsift-curves multirun/glue_sel --out multirun_summaries/figure3_glue_selection
 
 table3-llm: setup  ## GPU: OGA Table 3 + Figure 4 (influential data on the DataInf benchmarks)
-	$(BIN)/python experiments/run.py -m experiment=table3_datainf_identification hydra.sweep.dir=multirun/table3_llm
-	$(BIN)/python experiments/summarize.py multirun/table3_llm --table oga.table3_llm_influential_data --out multirun_summaries/table3_datainf_identification
+	$(BIN)/gradsift-run -m experiment=table3_datainf_identification hydra.sweep.dir=multirun/table3_llm
+	$(BIN)/gradsift-summarize multirun/table3_llm --table oga.table3_llm_influential_data --out multirun_summaries/table3_datainf_identification
 	$(BIN)/python -c "from gradsift.identification import figure4_grid; figure4_grid('multirun/table3_llm', 'multirun_summaries/figure4_datainf_heatmaps.png')"
 
 dropout-table2-resnet9: setup  ## GPU: dropout Table 2 (ResNet-9 removal-retrain on 10k CIFAR-10 images), all six rows
-	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=Dropout compressor=dropout compressor.r=64 hydra.sweep.dir=multirun/dt2/dropout
-	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=Gaussian compressor=gaussian compressor.r=64 hydra.sweep.dir=multirun/dt2/gaussian
-	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=LOGRA compressor=logra compressor.r=4096 scorer=orig hydra.sweep.dir=multirun/dt2/logra
-	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=Random scorer=random hydra.sweep.dir=multirun/dt2/random
-	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=Hessian-Free scorer=tracin compressor.r=4096 hydra.sweep.dir=multirun/dt2/tracin
-	$(BIN)/python experiments/run.py -m experiment=dropout_table2_resnet9 method=DataInf scorer=datainf compressor.r=4096 hydra.sweep.dir=multirun/dt2/datainf
-	$(BIN)/python experiments/summarize.py multirun/dt2 --table dropout.table2_resnet9_cifar10_retrain --out multirun_summaries/dropout_table2_resnet9
+	$(BIN)/gradsift-run -m experiment=dropout_table2_resnet9 method=Dropout compressor=dropout compressor.r=64 hydra.sweep.dir=multirun/dt2/dropout
+	$(BIN)/gradsift-run -m experiment=dropout_table2_resnet9 method=Gaussian compressor=gaussian compressor.r=64 hydra.sweep.dir=multirun/dt2/gaussian
+	$(BIN)/gradsift-run -m experiment=dropout_table2_resnet9 method=LOGRA compressor=logra compressor.r=4096 scorer=orig hydra.sweep.dir=multirun/dt2/logra
+	$(BIN)/gradsift-run -m experiment=dropout_table2_resnet9 method=Random scorer=random hydra.sweep.dir=multirun/dt2/random
+	$(BIN)/gradsift-run -m experiment=dropout_table2_resnet9 method=Hessian-Free scorer=tracin compressor.r=4096 hydra.sweep.dir=multirun/dt2/tracin
+	$(BIN)/gradsift-run -m experiment=dropout_table2_resnet9 method=DataInf scorer=datainf compressor.r=4096 hydra.sweep.dir=multirun/dt2/datainf
+	$(BIN)/gradsift-summarize multirun/dt2 --table dropout.table2_resnet9_cifar10_retrain --out multirun_summaries/dropout_table2_resnet9
 
 TARGET_FREEZE ?= target-freeze.txt
 TARGET_PY     ?= 3.11
@@ -84,10 +84,10 @@ wheelhouse: setup  ## wheels an offline target lacks: make wheelhouse TARGET_FRE
 	@echo "Wheels in wheelhouse/: on the target, pip install --no-index --find-links wheelhouse gradsift"
 
 bench-gradients: setup  ## per-sample gradient throughput, CPU smoke (GPU: see docs/BENCHMARKS.md)
-	$(BIN)/python experiments/bench_gradients.py --model tiny
+	$(BIN)/python benchmarks/bench_gradients.py --model tiny
 
 bench-scorers: setup  ## seconds to score a training set per method (docs/BENCHMARKS.md)
-	$(BIN)/python experiments/bench_scorers.py
+	$(BIN)/python benchmarks/bench_scorers.py
 
 clean:  ## remove sweep outputs and the cache
 	rm -rf multirun outputs .cache

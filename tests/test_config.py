@@ -1,4 +1,4 @@
-"""Every config in conf/ composes and instantiates; bad values fail with an error naming the key."""
+"""Every packaged config (src/gradsift/conf) composes and instantiates; bad values fail with an error naming the key."""
 
 from pathlib import Path
 
@@ -8,7 +8,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from gradsift import CONFIG_DIR
+
+CONF = CONFIG_DIR
 # groups whose options are instantiated on their own (data/model/... are constructed, not set up)
 GROUPS = ["data", "model", "trainer", "gradients", "compressor", "scorer", "trim", "logger"]
 # options that download weights from a hub when constructed: composed only, not instantiated offline

@@ -1,4 +1,4 @@
-"""gradsift.identification: the batched score matrices equal the per-test-prompt scorers, and a tiny end-to-end
+"""The scorers' batched pairwise matrices equal the generic one-fit-per-reference-row rule, and a tiny end-to-end
 identification run (OGA Table 3 flow) writes result.json, scores.npy, per_test.csv and the Figure-4 heatmap."""
 
 import json
@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from gradsift import pipeline
 from gradsift.attribution.gradient_set import Block, GradientSet
-from gradsift.identification import datainf_matrix, figure4_grid, score_matrix, tracing_matrix
-from gradsift.scoring.class_detection import PerClassIsolationForest, pairwise_scores
-from gradsift.scoring.influence import DataInf, GradientTracing
+from gradsift.identification import figure4_grid
+from gradsift.scoring.base import Scorer
+from gradsift.scoring.influence import DataInfScorer, GradientTracingScorer, LiSSAScorer
+from gradsift.scoring.outliers import IsolationForestScorer, PerClassIsolationForest
+from gradsift.scoring.random import RandomScorer
 from tests.test_config import CONF
 
 
@@ -25,31 +26,25 @@ def _toy(n_per_class: int, seed: int) -> GradientSet:
                        blocks=[Block("a", 0, 5), Block("b", 5, 12)])
 
 
-def test_batched_matrices_equal_the_per_test_prompt_scorers():
+def test_batched_matrices_equal_the_generic_rule():
     train, test = _toy(8, 0), _toy(2, 1)
-    np.testing.assert_allclose(tracing_matrix(train, test, "cpu"), pairwise_scores(GradientTracing, train, test),
-                               rtol=1e-10)
-    np.testing.assert_allclose(datainf_matrix(train, test, "auto", "cpu"), pairwise_scores(DataInf, train, test),
-                               rtol=1e-8)
-    np.testing.assert_allclose(datainf_matrix(train, test, 0.5, "cpu"),
-                               pairwise_scores(lambda: DataInf(damping=0.5), train, test), rtol=1e-8)
+    for scorer, rtol in ((GradientTracingScorer(), 1e-10), (DataInfScorer(), 1e-8), (DataInfScorer(damping=0.5), 1e-8)):
+        np.testing.assert_allclose(scorer.pairwise(train, test, device="cpu"), Scorer.pairwise(scorer, train, test),
+                                   rtol=rtol)
 
 
-def test_score_matrix_dispatches_on_the_scorer():
+def test_each_scorer_answers_for_its_own_matrix():
     train, test = _toy(8, 0), _toy(2, 1)
-    cfg = OmegaConf.create({"_target_": "gradsift.scoring.outliers.IsolationForestScorer", "n_estimators": 20,
-                            "contamination": 0.1})
-    s, name, per_class = score_matrix(cfg, train, test, seed=3)
+    forest = IsolationForestScorer(n_estimators=20, contamination=0.1)
+    s = forest.pairwise(train, test, seed=3)
     ref = PerClassIsolationForest(n_estimators=20, seed=3).fit(train)
-    assert name == "Outlier Gradient" and s.shape == (6, 24) and per_class.shape == (6, 3)
+    assert forest.pairwise_name == "Outlier Gradient" and s.shape == (6, 24)
+    assert forest.pairwise_class_scores.shape == (6, 3)
     np.testing.assert_allclose(s, ref.train_scores(test, train))
-    _, name, _ = score_matrix(OmegaConf.create({"_target_": "gradsift.scoring.influence.DataInf"}), train, test)
-    assert name == "DataInf"
-    lissa = OmegaConf.create({"_target_": "gradsift.scoring.influence.LiSSA", "depth": 3})
-    s, _, _ = score_matrix(lissa, train, test)
-    assert s.shape == (6, 24)
+    assert DataInfScorer().pairwise_name == "DataInf" and DataInfScorer().pairwise_class_scores is None
+    assert LiSSAScorer(depth=3).pairwise(train, test).shape == (6, 24)
     with pytest.raises(ValueError, match="without a reference"):
-        score_matrix(OmegaConf.create({"_target_": "gradsift.scoring.random.RandomScorer"}), train, test)
+        RandomScorer().pairwise(train, test)
 
 
 TINY = ["model=tiny_gpt2", "data.generate=true", "data.num_classes=3", "data.train_per_class=6",

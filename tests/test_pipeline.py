@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from hydra import compose, initialize_config_dir
 
-from gradsift import pipeline
+from gradsift import pipeline, record, training
 from tests.test_config import CONF
 
 FAST = ["data.n_train=80", "data.n_test=40", "data.flips_per_class=4", "trainer.max_epochs=30",
@@ -38,8 +38,8 @@ def test_end_to_end_writes_result_json(tmp_path):
 
 def test_second_run_reuses_the_cached_base_model(tmp_path, monkeypatch):
     calls = []
-    real = pipeline.fit_and_evaluate
-    monkeypatch.setattr(pipeline, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    real = training.fit_and_evaluate
+    monkeypatch.setattr(training, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
     first = pipeline.run(_cfg(tmp_path, "scorer=l1"), tmp_path / "a")
     second = pipeline.run(_cfg(tmp_path, "scorer=iforest", "trim.budget=5"), tmp_path / "b")
     assert not first["cache_hit"] and second["cache_hit"]
@@ -54,8 +54,8 @@ def test_second_run_reuses_the_cached_base_model(tmp_path, monkeypatch):
 
 def test_changing_the_compressor_regathers_without_retraining(tmp_path, monkeypatch):
     calls = []
-    real = pipeline.fit_and_evaluate
-    monkeypatch.setattr(pipeline, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    real = training.fit_and_evaluate
+    monkeypatch.setattr(training, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
     a = pipeline.run(_cfg(tmp_path, "scorer=l2", "compressor=gaussian", "compressor.r=16"), tmp_path / "g")
     b = pipeline.run(_cfg(tmp_path, "scorer=l2", "compressor=dropout", "compressor.r=16"), tmp_path / "d")
     assert not a["model_cache_hit"] and b["model_cache_hit"] and not b["cache_hit"]
@@ -66,8 +66,8 @@ def test_changing_the_compressor_regathers_without_retraining(tmp_path, monkeypa
 
 def test_detection_only_run_skips_the_retrain(tmp_path, monkeypatch):
     calls = []
-    real = pipeline.fit_and_evaluate
-    monkeypatch.setattr(pipeline, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    real = training.fit_and_evaluate
+    monkeypatch.setattr(training, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
     res = pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "det")
     assert calls == ["base"] and res["status"] == "ok"
     assert "test_acc" not in res["metrics"] and 0 <= res["metrics"]["detection_auc"] <= 1
@@ -98,7 +98,7 @@ def test_failed_run_still_writes_result_json(tmp_path):
 
 def test_exact_hessian_on_compressed_gradients_is_refused_before_training(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(pipeline, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")))
+    monkeypatch.setattr(training, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")))
     with pytest.raises(ValueError, match="compressor=identity"):
         pipeline.run(_cfg(tmp_path, "scorer=exact", "compressor=dropout", "compressor.r=16"), tmp_path / "x")
     assert calls == []  # nothing trained, gathered or computed
@@ -158,9 +158,9 @@ def test_wandb_offline_run_of_a_pipeline_job(tmp_path, monkeypatch):
 
 
 def test_code_revision_can_be_given_for_a_tree_without_git(monkeypatch):
-    pipeline.code_revision.cache_clear()
+    record.code_revision.cache_clear()
     monkeypatch.setenv("GRADSIFT_COMMIT", "0123abc")
     try:
-        assert pipeline.versions()["commit"] == "0123abc" and pipeline.versions()["dirty"] is None
+        assert record.versions()["commit"] == "0123abc" and record.versions()["dirty"] is None
     finally:
-        pipeline.code_revision.cache_clear()
+        record.code_revision.cache_clear()

@@ -6,7 +6,7 @@ export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLEL
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $OUT/gpu.txt
 python3 -c "import torch, transformers, scipy, tqdm, yaml, dattri, importlib.metadata as m; print('torch', torch.__version__, 'transformers', transformers.__version__, 'scipy', scipy.__version__, 'dattri', m.version('dattri'))" 2>&1 | tee -a $OUT/gpu.txt
 (which gcc cc; nproc) >> $OUT/gpu.txt 2>&1
-CMD="python3 experiments/bench_gradients.py --device cuda --model gpt2-small --seq-len 256 --batch-size 32 --r 4096 --n-batches 4 --naive-samples 32"
+CMD="python3 benchmarks/bench_gradients.py --device cuda --model gpt2-small --seq-len 256 --batch-size 32 --r 4096 --n-batches 4 --naive-samples 32"
 echo "$CMD" > $OUT/command.txt
 timeout 255 $CMD > $OUT/bench.md 2> $OUT/bench.err
 echo "exit $?" >> $OUT/bench.err

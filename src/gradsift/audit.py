@@ -1,13 +1,13 @@
 """``gradsift-audit``: score the training samples of an already-trained model and write the flagged ones.
 
-    gradsift-audit --config-dir conf --overrides data=moons model=mlp \\
+    gradsift-audit --overrides data=moons model=mlp \\
         --checkpoint .cache/gradsift/model/<key>/model.pt --scorer iforest --budget 0.05 --out flagged.csv
 
-The config is composed exactly as ``experiments/run.py`` composes it (same groups, same overrides), the data
-and model are instantiated from it, the checkpoint's weights are loaded (a Lightning ``.ckpt``'s
-``state_dict`` or a plain state dict such as the pipeline caches in ``.cache/gradsift/model/<key>/model.pt``),
-and ``AttributionCallback.attribute`` gathers per-sample gradients, scores them (higher = more detrimental)
-and applies the trim budget. No training happens.
+The config is composed exactly as ``gradsift-run`` composes it (the packaged configs, or ``--config-dir``; same
+groups, same overrides), the data and model are instantiated from it, the checkpoint's weights are loaded (a
+Lightning ``.ckpt``'s ``state_dict`` or a plain state dict such as the pipeline caches in
+``.cache/gradsift/model/<key>/model.pt``), and an :class:`~gradsift.attributor.Attributor` gathers per-sample
+gradients, scores them (higher = more detrimental) and applies the trim budget. No training happens.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from gradsift.attribution.callback import AttributionCallback
+from gradsift import CONFIG_DIR
+from gradsift.artifacts import build_attributor
 from gradsift.trim import Trim
 
 
@@ -61,7 +62,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def compose_config(config_dir: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """The run config as ``experiments/run.py`` would see it (Hydra's compose API, no output folder)."""
+    """The run config as ``gradsift-run`` would see it (Hydra's compose API, no output folder)."""
     directory = Path(config_dir).resolve()
     if not (directory / f"{config_name}.yaml").is_file():
         raise FileNotFoundError(f"--config-dir {config_dir}: no {config_name}.yaml in {directory}")
@@ -80,14 +81,11 @@ def audit(cfg: DictConfig, checkpoint: Path, budget: float | int | str, out: Pat
         model.load_state_dict(load_state_dict(checkpoint))
     except RuntimeError as exc:
         raise ValueError(f"--checkpoint {checkpoint} does not fit model={cfg.model._target_}: {exc}") from exc
-    cb = AttributionCallback(gradients=instantiate(cfg.gradients, compressor=instantiate(cfg.compressor)),
-                             scorer=instantiate(cfg.scorer), trim=Trim(budget=budget),
-                             reference=cfg.attribution.reference, seed=cfg.seed)
-    cb.attribute(model, datamodule)
+    flagged = build_attributor(cfg, instantiate(cfg.scorer), Trim(budget=budget)).attribute(model, datamodule).flagged
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        cb.flagged.to_csv(out, index=False)
-    return cb.flagged
+        flagged.to_csv(out, index=False)
+    return flagged
 
 
 def print_top(flagged: pd.DataFrame, top: int, console: Console | None = None) -> None:
@@ -106,11 +104,11 @@ def print_top(flagged: pd.DataFrame, top: int, console: Console | None = None) -
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gradsift-audit", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-dir", default="conf", help="Hydra config folder (default: conf)")
+    p.add_argument("--config-dir", default=str(CONFIG_DIR), help="Hydra config folder (default: the packaged configs)")
     p.add_argument("--config-name", default="config", help="root config in it (default: config)")
     p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides, e.g. data=moons model=mlp seed=1")
     p.add_argument("--checkpoint", required=True, type=Path, help="Lightning .ckpt or a state-dict .pt")
-    p.add_argument("--scorer", default=None, help="conf/scorer/<name> (default: the config's scorer)")
+    p.add_argument("--scorer", default=None, help="a scorer config name, conf/scorer/<name> (default: the config's scorer)")
     p.add_argument("--budget", default=0.05, type=parse_budget,
                    help="samples to flag: fraction, count or n_noisy (default: 0.05)")
     p.add_argument("--out", default=Path("flagged.csv"), type=Path, help="CSV to write (default: flagged.csv)")

@@ -4,20 +4,13 @@
 method x one seed:
 
 1. instantiate the datamodule (a DataInf benchmark: ``label`` = class id) and train the base model through
-   :func:`gradsift.pipeline.base_artifacts` (cached: the methods of a sweep share one fine-tuned model and its
+   :func:`gradsift.artifacts.base_artifacts` (cached: the methods of a sweep share one fine-tuned model and its
    gradients). ``attribution.reference: test`` makes the base run also gather the TEST prompts' gradients
-   (stored as the reference split, ``grads_val.npz``).
-2. build the [n_test, n_train] score matrix of the configured method (``scorer``):
-
-   * ``scorer=iforest`` -> Outlier Gradient: one IsolationForest per class fitted on that class's training
-     gradients (:class:`~gradsift.scoring.class_detection.PerClassIsolationForest`); a training sample of class c
-     gets the test prompt's inlier-ness under class c's forest.
-   * ``scorer=tracin`` -> Gradient Tracing: ``-g_test . g_train``.
-   * ``scorer=datainf`` -> DataInf with one test prompt as the reference (per-layer damping
-     ``0.1 * mean ||g_l||^2 / d_l`` as DataInf's code), all test prompts at once (:func:`datainf_matrix`).
-   * any other reference-based influence scorer -> :func:`~gradsift.scoring.class_detection.pairwise_scores`
-     (one fit per test prompt; slow but generic).
-
+   (stored as the reference split, ``grads_reference.npz``).
+2. build the [n_test, n_train] score matrix of the configured method with its own
+   :meth:`~gradsift.scoring.base.Scorer.pairwise`: per-class iForest for ``scorer=iforest`` (Outlier Gradient),
+   ``-g_test . g_train`` for ``scorer=tracin``, DataInf with one test prompt as the reference for
+   ``scorer=datainf``, and one fit per test prompt for any other reference-based influence scorer.
 3. class-detection AUC and recall@top-k (k = training prompts per class = 90) per test prompt, as the OGA paper
    defines them (:func:`~gradsift.scoring.class_detection.class_detection_metrics`), mean and std over the test
    prompts; write ``result.json`` (same shape as the trim flow's), ``scores.npy`` (float32 [n_test, n_train]),
@@ -27,139 +20,67 @@ method x one seed:
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from gradsift.artifacts import base_artifacts
 from gradsift.attribution.gradient_set import GradientSet
-from gradsift.scoring.class_detection import PerClassIsolationForest, class_detection_metrics, pairwise_scores
-from gradsift.scoring.influence import DataInf, GradientTracing, block_damping
-from gradsift.scoring.outliers import IsolationForestScorer
+from gradsift.record import now, recorded, start_run, write_result
+from gradsift.scoring.base import Scorer
+from gradsift.scoring.class_detection import class_detection_metrics
 from gradsift.viz import save_figure
-
-log = logging.getLogger(__name__)
-
-#: row names of OGA Table 3 for the scorers that have a dedicated implementation here
-METHOD_NAMES = {IsolationForestScorer: "Outlier Gradient", GradientTracing: "Gradient Tracing", DataInf: "DataInf"}
-
-
-def _device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def tracing_matrix(train: GradientSet, test: GradientSet, device: str | None = None) -> np.ndarray:
-    """Gradient Tracing for every test prompt at once: ``S[j, k] = -g_test_j . g_train_k`` (float64)."""
-    dev = _device(device)
-    g = torch.as_tensor(np.asarray(train.grads), device=dev).double()
-    v = torch.as_tensor(np.asarray(test.grads), device=dev).double()
-    return (-(v @ g.T)).cpu().numpy()
-
-
-def datainf_matrix(train: GradientSet, test: GradientSet, damping: float | str = "auto",
-                   device: str | None = None) -> np.ndarray:
-    """DataInf with each test prompt alone as the reference, all at once; equals
-    ``pairwise_scores(DataInf, train, test)`` (tested) in O(n_test n d) on ``device``.
-
-    Per block l with damping ``lambda_l`` and ``c = (V_l G_l^T) / (lambda_l + ||g_{k,l}||^2)``:
-    ``ihvp_l = (V_l - c G_l / n) / lambda_l`` and ``S -= ihvp_l G_l^T``."""
-    if train.dim != test.dim:
-        raise ValueError(f"test gradients have {test.dim} columns, training gradients {train.dim}")
-    lam = block_damping(np.asarray(train.grads), train.blocks, damping)
-    if (lam <= 0).any():
-        raise ValueError(f"DataInf needs damping > 0 (or 'auto'), got {damping!r}")
-    dev = _device(device)
-    n = train.n
-    out = torch.zeros(test.n, n, dtype=torch.float64, device=dev)
-    for lam_l, b in zip(lam, train.blocks):
-        g = torch.as_tensor(np.asarray(train.grads[:, b.start:b.stop]), device=dev).double()
-        v = torch.as_tensor(np.asarray(test.grads[:, b.start:b.stop]), device=dev).double()
-        c = (v @ g.T) / (float(lam_l) + (g * g).sum(1))
-        ihvp = (v - c @ g / n) / float(lam_l)
-        out -= ihvp @ g.T
-    return out.cpu().numpy()
-
-
-def score_matrix(scorer_cfg: DictConfig, train: GradientSet, test: GradientSet, seed: int = 0,
-                 device: str | None = None) -> tuple[np.ndarray, str, np.ndarray | None]:
-    """``(scores [n_test, n_train], method name, per-class scores [n_test, n_classes] or None)``."""
-    cls = get_class(scorer_cfg._target_)
-    if issubclass(cls, IsolationForestScorer):
-        kw = {k: scorer_cfg[k] for k in ("n_estimators", "max_samples", "max_features", "n_jobs") if k in scorer_cfg}
-        seed_ = scorer_cfg.get("seed")
-        forest = PerClassIsolationForest(seed=seed if seed_ is None else int(seed_), **kw).fit(train)
-        per_class = forest.class_scores(test)
-        return forest.train_scores(test, train), "Outlier Gradient", per_class
-    if cls is GradientTracing:
-        return tracing_matrix(train, test, device), "Gradient Tracing", None
-    if cls is DataInf:
-        return datainf_matrix(train, test, scorer_cfg.get("damping", "auto"), device), "DataInf", None
-    probe = instantiate(scorer_cfg)
-    if not getattr(probe, "needs_val", False):
-        raise ValueError(f"flow=identification needs a per-class outlier detector (scorer=iforest) or a "
-                         f"reference-based influence scorer (tracin, datainf, lissa, ...); {cls.__name__} scores "
-                         "training samples without a reference, so it cannot rank them per test prompt")
-    return (pairwise_scores(lambda: instantiate(scorer_cfg), train, test, seed),
-            getattr(probe, "display_name", cls.__name__), None)
 
 
 def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
     """One identification run; writes ``result.json`` (status running -> ok/failed), ``scores.npy``,
     ``per_test.csv`` and ``heatmap.png`` in ``output_dir`` and returns the result dict."""
-    from gradsift.pipeline import _now, _write, base_artifacts, recorded, start_run  # the pipeline imports us lazily
-
     t_start = time.perf_counter()
     # only rank 0 of a multi-process launch writes the run's files
     output_dir, result = start_run(cfg, output_dir, dataset=cfg.data.get("benchmark"), flow="identification")
     ident = cfg.get("identification") or {}
     with recorded(result, output_dir):  # result.json is written whatever happens, errors included
-        cls = get_class(cfg.scorer._target_)
-        method = cfg.get("method") or METHOD_NAMES.get(cls) or cfg.scorer.get("display_name") or cls.__name__
-        result.update(method=method, scorer=(choices or {}).get("scorer") or cls.__name__,
+        scorer: Scorer = instantiate(cfg.scorer)
+        method = cfg.get("method") or scorer.pairwise_name
+        result.update(method=method, scorer=(choices or {}).get("scorer") or type(scorer).__name__,
                       compressor=(choices or {}).get("compressor") or cfg.compressor._target_.rsplit(".", 1)[-1],
                       selection="identification", paper_table=cfg.get("paper_table"))
         if cfg.attribution.reference != "test":
             raise ValueError("flow=identification scores training prompts per TEST prompt: set "
                              f"attribution.reference=test (got {cfg.attribution.reference!r})")
-        _write(output_dir, result)
+        write_result(output_dir, result)
         datamodule = instantiate(cfg.data)
         datamodule.setup()
-        art = base_artifacts(cfg, datamodule, scorer=None)
-        result["base_key"], result["cache_hit"], result["model_cache_hit"] = art["key"], art["hit"], art["model_hit"]
-        train, test = art["train"], art["val"]
+        art = base_artifacts(cfg, datamodule)
+        result["base_key"], result["cache_hit"], result["model_cache_hit"] = art.key, art.hit, art.model_hit
+        train, test = art.inputs.train, art.inputs.reference
         if test is None:
             raise RuntimeError("the base run gathered no test gradients (attribution.reference=test and a "
                                "datamodule with a test split are needed)")
         t0 = time.perf_counter()
-        scores, name, per_class = score_matrix(cfg.scorer, train, test, seed=int(cfg.seed),
-                                               device=ident.get("device", "auto"))
+        scores = scorer.pairwise(train, test, seed=int(cfg.seed), device=ident.get("device", "auto"))
         score_s = time.perf_counter() - t0
-        if not cfg.get("method"):
-            result["method"] = method = name
         m = class_detection_metrics(scores, train.labels, test.labels, top_k=ident.get("top_k"))
-        metrics = {f"base_test_{k}": v for k, v in art["model_meta"]["base_test"].items()}
+        metrics = {f"base_test_{k}": v for k, v in art.model_meta["base_test"].items()}
         metrics.update({"detection_auc": m["auc"], "detection_auc_std": float(np.std(m["auc_per_test"])),
                         "recall": m["recall"], "recall_std": float(np.std(m["recall_per_test"])),
                         "top1": m["top1"], "top_k": int(ident.get("top_k") or train.n // len(np.unique(train.labels))),
                         "n_train": int(train.n), "n_test": int(test.n), "grad_dim": int(train.dim)})
         result["metrics"] = metrics
-        result["timings"] = {"train_s": art["model_meta"]["train_s"], "gradients_s": art["meta"]["gradients_s"],
+        result["timings"] = {"train_s": art.model_meta["train_s"], "gradients_s": art.meta["gradients_s"],
                              "score_s": score_s, "total_s": time.perf_counter() - t_start}
-        result["finished_at"] = _now()
+        result["finished_at"] = now()
         np.save(output_dir / "scores.npy", scores.astype(np.float32))
         np.savez(output_dir / "classes.npz", train=train.labels, test=test.labels)
         pd.DataFrame({"test_index": test.index, "class": test.labels, "auc": m["auc_per_test"],
                       "recall": m["recall_per_test"]}).to_csv(output_dir / "per_test.csv", index=False)
         if ident.get("heatmap", True):
-            _heatmaps(output_dir, scores, per_class, train, test, datamodule, f"{method} | {result['dataset']} | "
-                      f"seed {cfg.seed} | AUC {m['auc']:.3f} recall {m['recall']:.3f}")
+            _heatmaps(output_dir, scores, scorer.pairwise_class_scores, train, test, datamodule,
+                      f"{method} | {result['dataset']} | seed {cfg.seed} | AUC {m['auc']:.3f} recall {m['recall']:.3f}")
         result["status"] = "ok"
     return result
 

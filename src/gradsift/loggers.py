@@ -1,4 +1,4 @@
-"""Experiment loggers (wandb offline by default, csv, none) and the attribution logging helper.
+"""Experiment loggers (wandb offline by default, csv, none), the attribution logging helper, and a run's log.
 
 wandb needs no account here: runs are written offline under ``<save_dir>/wandb/offline-run-*`` unless
 ``WANDB_MODE=online`` is set; upload later with ``wandb sync <save_dir>/wandb/offline-run-*``.
@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 
 TAG_KEYS = ("scorer", "compressor", "budget", "dataset")
@@ -125,3 +129,42 @@ def _write_flagged_csv(path: Path, flagged: Sequence[Mapping[str, Any]]) -> None
         w.writerow(["index", "given_label", "clean_label", "score"])
         for row in flagged:
             w.writerow([row["index"], row.get("label"), row.get("clean_label"), row["score"]])
+
+
+def log_run(cfg: DictConfig, result: dict, flagged: pd.DataFrame, datamodule, top: int = 50) -> None:
+    """One experiment-logger run per job (``logger=wandb|csv``); nothing with ``logger=none``.
+
+    Logs the config, metrics, per-stage timings, the score histogram, the top flagged samples (with thumbnails for
+    images) and the score plot.
+
+    Args:
+        cfg: the run config (its ``logger`` section).
+        result: the run record (``config``, ``metrics``, ``timings``, ``method``, ``dataset``, ``seed``).
+        flagged: the attribution's flagged table, most detrimental first.
+        datamodule: the run's data (for image thumbnails).
+        top: flagged rows to log.
+    """
+    lg = _run_logger(cfg, "attribution")
+    if not lg:
+        return
+    from gradsift.viz.scores import score_plot
+
+    lg.log_hyperparams(result["config"])
+    lg.log_metrics({f"metrics/{k}": float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))})
+    rows = flagged.head(top).to_dict("records")
+    x = datamodule.full_train_set.columns.get("x")
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        rows_at = datamodule.full_train_set.positions([row["index"] for row in rows])
+        for row, p in zip(rows, rows_at):
+            img = x[int(p)]
+            row["image"] = (img.permute(1, 2, 0) if img.shape[0] in (1, 3) else img).cpu().numpy()
+    fig = score_plot(flagged, title=f"{result['method']} | {result['dataset']} | seed {result['seed']}")
+    log_attribution(lg, flagged["score"].to_numpy(), rows, plots={"scores": fig}, timings=result["timings"])
+    lg.finalize("success")
+
+
+def _run_logger(cfg: DictConfig, stage: str) -> Logger | bool:
+    lg = cfg.get("logger")
+    if not lg or "_target_" not in lg:
+        return False
+    return instantiate(lg, **({"name": stage} if "name" in lg else {}))

@@ -19,9 +19,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
+from gradsift import CONFIG_DIR
 from gradsift.viz import save_figure
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "conf" / "paper"
+PAPER_DIR = CONFIG_DIR / "paper"
 FAILED_STATUSES = frozenset({"failed", "running", "killed"})
 DAGGER = "†"
 _MISSING = object()

@@ -1,10 +1,12 @@
-"""Choose which training samples to drop, from scores (higher = more detrimental) or a detector's own labels."""
+"""Choose which training samples to drop, from scores (higher = more detrimental) or a detector's own labels, and
+measure a choice against the known noise mask."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 SELECTIONS = ("budget", "detector")
 REMOVE = ("detrimental", "beneficial")
@@ -77,3 +79,25 @@ class Trim:
         mask = np.zeros(n, dtype=bool)
         mask[order[:k]] = True
         return mask
+
+
+def detection_metrics(remove: np.ndarray, scores: np.ndarray | None, noise: np.ndarray) -> dict:
+    """Detection quality of a trim against the true flip mask (OGA Table 1).
+
+    Args:
+        remove: boolean mask over training rows, True = trimmed.
+        scores: the scores behind it (for the AUC), or None.
+        noise: boolean mask over training rows, True = the label was flipped.
+
+    Returns:
+        ``detection_acc`` (flagged vs not, over ALL samples), ``n_trimmed``, ``n_noisy``, ``true_positives``,
+        ``precision``, ``recall`` and, when both classes occur, ``detection_auc`` of the scores.
+    """
+    tp = int((remove & noise).sum())
+    out = {"detection_acc": float((remove == noise).mean()), "n_trimmed": int(remove.sum()),
+           "n_noisy": int(noise.sum()), "true_positives": tp,
+           "precision": tp / int(remove.sum()) if remove.any() else float("nan"),
+           "recall": tp / int(noise.sum()) if noise.any() else float("nan")}
+    if scores is not None and 0 < noise.sum() < len(noise):
+        out["detection_auc"] = float(roc_auc_score(noise, scores))
+    return out

@@ -15,7 +15,9 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_worker import TinyData, TinyModel, make_callback  # noqa: E402
+from ddp_worker import TinyData, TinyModel, gathered, make_attributor  # noqa: E402
+
+from gradsift.callback import AttributionCallback  # noqa: E402
 
 
 class LitTiny(pl.LightningModule):
@@ -48,12 +50,13 @@ class LitData(pl.LightningDataModule):
 
 def main(out: str) -> None:
     torch.set_num_threads(1)
-    cb = make_callback()
+    cb = AttributionCallback(make_attributor())
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=1, callbacks=[cb], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(LitTiny(), datamodule=LitData())
     np.savez(f"{out}/lightning-rank{trainer.global_rank}.npz",
-             **{f"{s}_{k}": np.asarray(getattr(gs, k)) for s, gs in cb.gradients.items() for k in ("grads", "index", "labels")})
+             **{f"{s}_{k}": np.asarray(getattr(gs, k)) for s, gs in gathered(cb.inputs).items()
+                for k in ("grads", "index", "labels")})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """One rank of the 2-process gloo test in test_distributed.py (also importable: the tiny model and datamodule).
 
-    python tests/attribution/ddp_worker.py RANK WORLD_SIZE INIT_FILE OUT_DIR [direct|callback]
+    python tests/attribution/ddp_worker.py RANK WORLD_SIZE INIT_FILE OUT_DIR [direct|attributor]
 """
 
 from __future__ import annotations
@@ -44,16 +44,21 @@ class TinyData:
 
 
 def make_engine():
-    from gradsift.attribution.compressors import LoGra
+    from gradsift.attribution.compressors import LoGraCompressor
     from gradsift.attribution.gradients import PerSampleGradients
 
-    return PerSampleGradients("all", LoGra(r=16, seed=3), progress=False)
+    return PerSampleGradients("all", LoGraCompressor(r=16, seed=3), progress=False)
 
 
-def make_callback(store_dir=None):
-    from gradsift.attribution.callback import AttributionCallback  # imports Lightning (slow)
+def make_attributor(store_dir=None):
+    from gradsift.attributor import Attributor
 
-    return AttributionCallback(gradients=make_engine(), store_dir=store_dir, batches_per_shard=2)
+    return Attributor(make_engine(), store_dir=store_dir, batches_per_shard=2)
+
+
+def gathered(inputs) -> dict:
+    """An Attributor's gathered inputs as ``{"train", "val"}`` gradient sets (TinyData's reference split is val)."""
+    return {"train": inputs.train, "val": inputs.reference}
 
 
 def _broadcast(obj, src=0):
@@ -69,12 +74,11 @@ def main(rank: int, world: int, init_file: str, out_dir: str, mode: str = "direc
     try:
         data, model, res = TinyData(), TinyModel(), {}
         for tag, root in (("tmp", None), ("kept", f"{out_dir}/store")):
-            if mode == "callback":  # the AttributionCallback's DDP path, as on_fit_end drives it under Lightning
-                cb = make_callback(root)
-                cb.attribute(model, data, dist={"rank": rank, "world_size": world, "barrier": torch.distributed.barrier,
-                                                "broadcast": _broadcast})
-                sets = cb.gradients
-            else:  # what AttributionCallback.gather calls under DDP, without importing Lightning
+            if mode == "attributor":  # the Attributor's DDP path, as AttributionCallback.on_fit_end drives it
+                sets = gathered(make_attributor(root).gather(
+                    model, data, dist={"rank": rank, "world_size": world, "barrier": torch.distributed.barrier,
+                                       "broadcast": _broadcast}))
+            else:  # what Attributor.gather calls under DDP
                 from gradsift.attribution.distributed import gather_distributed
 
                 loaders = {s: data.attribution_dataloader(s) for s in ("train", "val")}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradsift.attribution.compressors import Dropout, Gaussian, LoGra, ParamInfo, SparseRandomProjection
+from gradsift.attribution.compressors import DropoutCompressor, GaussianCompressor, LoGraCompressor, ParamInfo, SparseRandomProjectionCompressor
 from gradsift.attribution.gradient_set import Block
 
 BLOCKS = [Block("a", 0, 3000), Block("b", 3000, 5000)]
@@ -25,21 +25,21 @@ def _jl_ok(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
 
 def test_dropout_keeps_seeded_coordinates_per_block():
     x = _vectors()
-    c = Dropout(r=100, seed=3)
+    c = DropoutCompressor(r=100, seed=3)
     c.setup(BLOCKS)
     y = c.compress(x)
     assert torch.equal(y, x[:, torch.from_numpy(c.indices)])
     assert len(np.unique(c.indices)) == 100 and [b.name for b in c.out_blocks] == ["a", "b"]
     assert sum(b.size for b in c.out_blocks) == 100
-    c2 = Dropout(r=100, seed=3)
+    c2 = DropoutCompressor(r=100, seed=3)
     c2.setup(BLOCKS)
     assert np.array_equal(c.indices, c2.indices)
     with pytest.raises(ValueError, match="exceeds"):
-        Dropout(r=6000).setup(BLOCKS)
+        DropoutCompressor(r=6000).setup(BLOCKS)
 
 
-@pytest.mark.parametrize("make", [lambda: Gaussian(r=2048, seed=1, chunk_bytes=2048 * 4 * 700),
-                                  lambda: SparseRandomProjection(r=2048, seed=1)])
+@pytest.mark.parametrize("make", [lambda: GaussianCompressor(r=2048, seed=1, chunk_bytes=2048 * 4 * 700),
+                                  lambda: SparseRandomProjectionCompressor(r=2048, seed=1)])
 def test_dense_projections_preserve_inner_products(make):
     x = _vectors()
     c = make()
@@ -53,7 +53,7 @@ def test_dense_projections_preserve_inner_products(make):
 
 
 def test_gaussian_chunks_assemble_one_matrix():
-    c = Gaussian(r=8, seed=2, chunk_bytes=8 * 4 * 7)  # 7 columns a chunk
+    c = GaussianCompressor(r=8, seed=2, chunk_bytes=8 * 4 * 7)  # 7 columns a chunk
     c.setup([Block("a", 0, 20)])
     p = torch.cat([c.matrix_chunk(0, k, min(7, 20 - 7 * k), torch.device("cpu")) for k in range(3)], 1)
     x = _vectors(3, 20)
@@ -63,21 +63,21 @@ def test_gaussian_chunks_assemble_one_matrix():
 def test_sparse_projection_matches_sklearn_and_jl_dimension():
     from sklearn.random_projection import SparseRandomProjection as Sk, johnson_lindenstrauss_min_dim
 
-    c = SparseRandomProjection(r=None, eps=0.5, seed=4)
+    c = SparseRandomProjectionCompressor(r=None, eps=0.5, seed=4)
     c.setup(BLOCKS, n_samples=50)
     assert c.r == johnson_lindenstrauss_min_dim(50, eps=0.5)
     x = _vectors(5)
     sk = Sk(n_components=c.r, eps=0.5, random_state=4).fit(x.numpy())
     np.testing.assert_allclose(c.compress(x).numpy(), sk.transform(x.numpy()), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="n_samples"):
-        SparseRandomProjection(r=None).setup(BLOCKS)
+        SparseRandomProjectionCompressor(r=None).setup(BLOCKS)
 
 
 @pytest.mark.parametrize("layout", ["out_in", "in_out"])
 def test_logra_is_kronecker_of_projections(layout):
     fan_in, fan_out, b, t = 7, 5, 4, 3
     shape = (fan_out, fan_in) if layout == "out_in" else (fan_in, fan_out)
-    c = LoGra(r=9, seed=5)
+    c = LoGraCompressor(r=9, seed=5)
     c.setup([Block("w", 0, 35)], params=[ParamInfo("w", shape, layout)])
     acts, gout = torch.randn(b, t, fan_in), torch.randn(b, t, fan_out)
     G = torch.einsum("bto,bti->boi", gout, acts)  # per-sample gradient [out, in]
@@ -88,4 +88,4 @@ def test_logra_is_kronecker_of_projections(layout):
     torch.testing.assert_close(c.compress(flat), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(c.compress_factors(0, acts, gout), want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="perfect square"):
-        LoGra(r=10)
+        LoGraCompressor(r=10)

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("dattri.algorithm.logra")
 
-from gradsift.attribution.compressors import Identity, LoGra  # noqa: E402
+from gradsift.attribution.compressors import IdentityCompressor, LoGraCompressor  # noqa: E402
 from gradsift.attribution.gradients import PerSampleGradients  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def test_dattri_logra_and_ours_preserve_the_same_inner_products(tmp_path):
         p, plan = eng.prepare(model)
         return torch.cat([eng.compress_batch(model, b, p, plan) for b in batches]).double()
 
-    exact, ours = gather(Identity()), gather(LoGra(4096, seed=0))
+    exact, ours = gather(IdentityCompressor()), gather(LoGraCompressor(4096, seed=0))
     task = AttributionTask(loss_func=lambda m, b, d: m.per_sample_loss(b).mean(), model=model,
                            checkpoints=model.state_dict())
     att = LoGraAttributor(task, layer_names=layers, hessian="Identity", device="cpu", proj_dim=4096, offload="cpu",

@@ -69,11 +69,11 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     _check_against_single_process(tmp_path, single)
 
 
-def test_callback_store_single_process_matches_in_memory(tmp_path):
+def test_attributor_store_single_process_matches_in_memory(tmp_path):
     torch.set_num_threads(1)
     data, model = worker.TinyData(), worker.TinyModel()
-    mem = worker.make_callback().gather(model, data)
-    stored = worker.make_callback(str(tmp_path / "s")).gather(model, data)
+    mem = worker.gathered(worker.make_attributor().gather(model, data))
+    stored = worker.gathered(worker.make_attributor(str(tmp_path / "s")).gather(model, data))
     for split in ("train", "val"):
         assert isinstance(stored[split].grads, np.memmap)
         np.testing.assert_array_equal(stored[split].index, mem[split].index)
@@ -81,12 +81,12 @@ def test_callback_store_single_process_matches_in_memory(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_through_the_callback(tmp_path):
-    """Same as above through ``AttributionCallback.attribute(dist=...)`` (each rank imports Lightning: ~30 s)."""
+def test_two_gloo_ranks_through_the_attributor(tmp_path):
+    """Same as above through ``Attributor.gather(dist=...)``, the path AttributionCallback takes under DDP."""
     torch.set_num_threads(1)
-    _run_two_ranks(tmp_path, "callback")
+    _run_two_ranks(tmp_path, "attributor")
     data, model = worker.TinyData(), worker.TinyModel()
-    _check_against_single_process(tmp_path, worker.make_callback().gather(model, data))
+    _check_against_single_process(tmp_path, worker.gathered(worker.make_attributor().gather(model, data)))
 
 
 @pytest.mark.slow
@@ -99,7 +99,7 @@ def test_lightning_ddp_two_cpu_processes(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     data, model = worker.TinyData(), worker.TinyModel()
-    single = worker.make_callback().gather(model, data)
+    single = worker.gathered(worker.make_attributor().gather(model, data))
     for r in range(2):
         with np.load(tmp_path / f"lightning-rank{r}.npz") as z:
             for split, gs in single.items():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from gradsift.attribution.compressors import Dropout, Identity, LoGra
+from gradsift.attribution.compressors import DropoutCompressor, IdentityCompressor, LoGraCompressor
 from gradsift.attribution.gradients import PerSampleGradients, hook_rule, select_parameters
 
 B, T, C = 6, 5, 3
@@ -93,7 +93,7 @@ def _loss(model, p, b):
 
 
 def _gather(model, batch, parameters, compressor=None):
-    eng = PerSampleGradients(parameters, compressor or Identity(), progress=False)
+    eng = PerSampleGradients(parameters, compressor or IdentityCompressor(), progress=False)
     gs = eng.gather(model, [batch])
     return torch.from_numpy(gs.grads).double(), gs, eng
 
@@ -160,7 +160,7 @@ def test_dropout_from_factors_equals_kept_coordinates_of_full_gradient():
     model, batch = _Seq(), _seq_batch(1)
     names = list(select_parameters(model, "all"))
     full = reference(model, batch, names)
-    comp = Dropout(r=40, seed=7)
+    comp = DropoutCompressor(r=40, seed=7)
     got, gs, _ = _gather(model, batch, "all", comp)
     _close(got, full[:, torch.from_numpy(comp.indices)])
     assert sum(b.size for b in gs.blocks) == 40 and gs.meta["compressor"]["indices"] == comp.indices.tolist()
@@ -172,7 +172,7 @@ def test_logra_from_factors_equals_logra_of_full_gradient():
     spec = [r"^fc\.weight", r"^c1\.weight", r"^head\.bias"]
     names = list(select_parameters(model, spec))
     full = reference(model, batch, names)
-    comp = LoGra(r=9, seed=3)
+    comp = LoGraCompressor(r=9, seed=3)
     got, _, _ = _gather(model, batch, spec, comp)
     _close(got, comp.compress(full).double())
 

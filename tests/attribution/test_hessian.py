@@ -66,17 +66,3 @@ def test_hessian_columns_follow_the_gradient_engine() -> None:
     base = torch.nn.utils.parameters_to_vector(params).detach().clone()
     fd = (mean_grad(eps) - mean_grad(-eps)) / (2 * eps)
     np.testing.assert_allclose(h @ u, fd, rtol=1e-3, atol=1e-4)
-
-
-def test_callback_refuses_exact_hessian_on_compressed_gradients_before_gathering() -> None:
-    from gradsift.attribution.callback import AttributionCallback
-    from gradsift.attribution.compressors import Dropout
-    from gradsift.scoring.influence import ExactInfluence
-
-    class NoData:  # any use of the datamodule would mean the gather had started
-        def __getattr__(self, name):
-            raise AssertionError(f"datamodule.{name} used before the compressor check")
-
-    cb = AttributionCallback(compressor=Dropout(r=8), scorer=ExactInfluence(hessian="exact"))
-    with pytest.raises(ValueError, match="compressor=identity"):
-        cb.attribute(Head(bias=True), NoData())

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from gradsift.attribution.compressors import Dropout
+from gradsift.attribution.compressors import DropoutCompressor
 from gradsift.attribution.gradient_set import Block
 from gradsift.attribution.gradients import PerSampleGradients
 from gradsift.attribution.store import GradientStore
@@ -48,7 +48,7 @@ def _crash_after(batches: list[dict], k: int):
 
 def test_killed_run_resumes_to_byte_identical_store(tmp_path):
     batches = _batches()
-    eng = lambda: PerSampleGradients("all", Dropout(r=12, seed=0), progress=False)  # noqa: E731
+    eng = lambda: PerSampleGradients("all", DropoutCompressor(r=12, seed=0), progress=False)  # noqa: E731
     full = eng().gather(_Model(), batches, store=GradientStore(tmp_path / "a", batches_per_shard=2))
     with pytest.raises(KeyboardInterrupt):
         eng().gather(_Model(), _crash_after(batches, 5), store=GradientStore(tmp_path / "b", batches_per_shard=2))
@@ -64,7 +64,7 @@ def test_killed_run_resumes_to_byte_identical_store(tmp_path):
     rows = np.concatenate([np.asarray(g.grads) for g in GradientStore(tmp_path / "a").iter_rows(rows=7)])
     np.testing.assert_array_equal(rows, np.asarray(full.grads))
     with pytest.raises(ValueError, match="different setup"):
-        PerSampleGradients("all", Dropout(r=12, seed=1), progress=False).gather(
+        PerSampleGradients("all", DropoutCompressor(r=12, seed=1), progress=False).gather(
             _Model(), batches, store=GradientStore(tmp_path / "b", batches_per_shard=2))
 
 
@@ -88,7 +88,7 @@ def test_two_ranks_merge_in_dataset_order(tmp_path):
 
 
 def test_bench_gradients_cpu_smoke():
-    out = subprocess.run([sys.executable, "experiments/bench_gradients.py", "--device", "cpu", "--model", "tiny",
+    out = subprocess.run([sys.executable, "benchmarks/bench_gradients.py", "--device", "cpu", "--model", "tiny",
                           "--seq-len", "8", "--batch-size", "2", "--r", "16", "--n-batches", "1",
                           "--naive-samples", "2", "--no-bf16", "--no-resnet", "--no-dattri"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,

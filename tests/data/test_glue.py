@@ -201,8 +201,9 @@ def test_configs_compose(task):
     from hydra import compose, initialize_config_dir
     from hydra.utils import get_class, instantiate
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
+    from gradsift import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         for model in ("minilm_lora", "roberta_large_lora", "roberta_base_lora"):
             cfg = compose("config", overrides=[f"data=glue_{task}", f"model={model}", "seed=3"])
             dm = instantiate(cfg.data)

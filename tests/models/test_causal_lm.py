@@ -1,6 +1,5 @@
 import inspect
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +8,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from gradsift import CONFIG_DIR
+
 from gradsift.attribution.gradients import PerSampleGradients, select_parameters
 from gradsift.data.llm_benchmarks import LLMBenchmarkDataModule
 from gradsift.models.causal_lm import CausalLM
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONFIG_DIR
 V = 512
 TINY = {
     "gpt2": (dict(model_type="gpt2", n_layer=2, n_embd=32, n_head=2, vocab_size=V, n_positions=128), ["c_attn"]),

@@ -122,8 +122,9 @@ def test_configs_compose_and_instantiate(data, model, trainer, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    from gradsift import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"data={data}", f"model={model}", f"trainer={trainer}",
                                            f"paths.root_dir={tmp_path}"])
     dm = instantiate(cfg.data)

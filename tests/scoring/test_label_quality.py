@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+
+from gradsift import CONFIG_DIR
 from cleanlab.rank import get_label_quality_scores
 
 from gradsift.attribution.gradient_set import GradientSet
@@ -54,7 +55,7 @@ def test_display_names_and_bad_input(inputs: ScoringInputs) -> None:
                                           ("self_confidence", "Self-Confidence"),
                                           ("confidence_entropy", "Confidence Entropy")])
 def test_configs_instantiate(inputs: ScoringInputs, name: str, display: str) -> None:
-    scorer = instantiate(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "scorer" / f"{name}.yaml"))
+    scorer = instantiate(OmegaConf.load(CONFIG_DIR / "scorer" / f"{name}.yaml"))
     assert scorer.display_name == display
     quality = get_label_quality_scores(inputs.train_labels, inputs.train_probs, method=scorer.method)
     np.testing.assert_allclose(scorer.fit_score(inputs), 1 - quality)

@@ -48,9 +48,9 @@ def test_ocsvm_uses_validation_gradients_as_inliers():
     rng = np.random.default_rng(1)
     val = GradientSet(rng.normal(0, 1, size=(200, 20)).astype(np.float32), np.arange(200), np.zeros(200, int))
     sc = OneClassSVMScorer(nu=0.05)
-    s = sc.fit_score(ScoringInputs(train=train, val=val))
+    s = sc.fit_score(ScoringInputs(train=train, reference=val))
     assert mask[np.argsort(-s)[: mask.sum()]].mean() >= 0.9
-    with pytest.raises(ValueError, match="needs validation gradients"):
+    with pytest.raises(ValueError, match="needs reference gradients"):
         OneClassSVMScorer().fit_score(ScoringInputs(train=train))
 
 

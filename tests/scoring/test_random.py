@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+
+from gradsift import CONFIG_DIR
 
 from gradsift.attribution.gradient_set import GradientSet
 from gradsift.scoring.base import ScoringInputs
@@ -23,5 +24,5 @@ def test_random_scores_follow_the_seed() -> None:
 
 
 def test_config_instantiates() -> None:
-    scorer = instantiate(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "scorer" / "random.yaml"))
+    scorer = instantiate(OmegaConf.load(CONFIG_DIR / "scorer" / "random.yaml"))
     assert isinstance(scorer, RandomScorer) and scorer.display_name == "Random"

@@ -95,7 +95,7 @@ class Compressor:
         return {"name": type(self).__name__, "seed": self.seed}
 
 
-class Identity(Compressor):
+class IdentityCompressor(Compressor):
     """No compression: the full per-sample gradient."""
 
     def compress_block(self, i: int, g: torch.Tensor) -> torch.Tensor:
@@ -114,7 +114,7 @@ def _concat_blocks(names: list[str], sizes: list[int]) -> list[Block]:
     return out
 
 
-class Dropout(Compressor):
+class DropoutCompressor(Compressor):
     """Keep ``r`` coordinates of the gradient chosen once from ``seed`` (Eq. 3 of the dropout paper).
 
     O(r) time and memory: the indices come from Floyd-style sampling without replacement (numpy), and for
@@ -159,7 +159,7 @@ class Dropout(Compressor):
         return {**super().state(), "r": self.r, "indices": self.indices.tolist()}
 
 
-class Gaussian(Compressor):
+class GaussianCompressor(Compressor):
     """Dense Gaussian projection ``P g`` with ``P[r, d] ~ N(0, 1/r)`` (TRAK-style, Eq. 2 of the dropout paper).
 
     ``P`` is never stored whole: column chunks are regenerated on ``device`` from ``(seed, block, chunk)`` at
@@ -194,7 +194,7 @@ class Gaussian(Compressor):
         return {**super().state(), "r": self.r, "chunk_cols": self.chunk_cols, "device_type": self.device.type}
 
 
-class SparseRandomProjection(Compressor):
+class SparseRandomProjectionCompressor(Compressor):
     """Li et al.'s very sparse random projection, built by sklearn's ``SparseRandomProjection``.
 
     ``r=None`` picks the dimension by the Johnson-Lindenstrauss rule (``eps``, needs ``n_samples``). The CSR
@@ -236,7 +236,7 @@ class SparseRandomProjection(Compressor):
         return {**super().state(), "r": self.r, "eps": self.eps, "density": self.density}
 
 
-class LoGra(Compressor):
+class LoGraCompressor(Compressor):
     """LoGra (Choe et al. 2024; Eq. 12-13 of the dropout paper): per Linear-like weight, project inputs with
     ``P_in[r_in, in]`` and output gradients with ``P_out[r_out, out]``, then take their outer product, i.e.
     ``(P_in kron P_out) vec(G)`` with ``vec`` column-major for ``G[out, in]``; ``r_in = r_out = sqrt(r)``.

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from gradsift.attribution.compressors import Compressor, Identity, ParamInfo
+from gradsift.attribution.compressors import Compressor, IdentityCompressor, ParamInfo
 from gradsift.attribution.gradient_set import Block, GradientSet
 
 PARAMETER_PRESETS = ("last_layer", "all", "lora")
@@ -100,7 +100,7 @@ class PerSampleGradients:
         if autocast not in (None, "bf16", "fp16"):
             raise ValueError(f"attribution.gradients.autocast must be null, 'bf16' or 'fp16', got {autocast!r}")
         self.parameters = parameters
-        self.compressor = compressor or Identity()
+        self.compressor = compressor or IdentityCompressor()
         self.device = device
         self.progress = progress
         self.autocast = autocast

@@ -33,7 +33,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from gradsift.data.base import DictDataset, NoisyLabelDataModule, flip_labels
-from gradsift.models.pretrained import resolve_model
+from gradsift.hub import resolve_model
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 STRING_LABELS = {"entailment": 0, "not_entailment": 1}  # the Hugging Face GLUE encoding for RTE and QNLI

@@ -42,7 +42,7 @@ def load_tokenizer(spec: str | PreTrainedTokenizerBase) -> PreTrainedTokenizerBa
     if isinstance(spec, PreTrainedTokenizerBase):
         tok = spec
     else:
-        from gradsift.models.pretrained_lm import pretrained_source
+        from gradsift.hub import pretrained_source
 
         path, extra = pretrained_source(spec)
         tok = AutoTokenizer.from_pretrained(path, **extra)

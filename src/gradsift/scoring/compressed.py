@@ -1,8 +1,8 @@
 """Influence in a compressed gradient space, with the compression applied when scoring (dropout paper Table 1).
 
-:class:`gradsift.scoring.influence.CompressedInfluence` scores whatever gradients the engine gathered, so comparing
+:class:`gradsift.scoring.influence.CompressedInfluenceScorer` scores whatever gradients the engine gathered, so comparing
 Orig., Gaussian and Dropout on one model needs three gradient passes (and, since the base-model cache is keyed by the
-compressor, three trainings). :class:`ScoreTimeCompressedInfluence` instead takes the stored *uncompressed*
+compressor, three trainings). :class:`ScoreTimeCompressedInfluenceScorer` instead takes the stored *uncompressed*
 gradients of one model and compresses them with its own compressor before Eq. 3 of the dropout paper: Dropout keeps
 the same r coordinates, Gaussian applies the same ``P[r, d]``, so the influence scores are the ones the engine-side
 compression would give (the paper's Figure 1 sweeps the compression seed and r on one fine-tuned model). The
@@ -22,7 +22,7 @@ import torch
 from gradsift.attribution.compressors import Compressor
 from gradsift.attribution.gradient_set import Block, GradientSet
 from gradsift.scoring.base import ScoringInputs
-from gradsift.scoring.influence import CompressedInfluence, _InfluenceScorer, _matvec, _spd_solve, curvatures
+from gradsift.scoring.influence import CompressedInfluenceScorer, InfluenceScorer, matvec, spd_solve, curvatures
 
 
 def compress_gradient_set(gs: GradientSet, compressor: Compressor, chunk_size: int = 1024) -> GradientSet:
@@ -38,7 +38,7 @@ def compress_gradient_set(gs: GradientSet, compressor: Compressor, chunk_size: i
                        meta={**gs.meta, "compressor": compressor.state() | {"at": "scoring"}})
 
 
-class ScoreTimeCompressedInfluence(_InfluenceScorer):
+class ScoreTimeCompressedInfluenceScorer(InfluenceScorer):
     """Eq. 1/3 of the dropout paper on the stored gradients, compressed first by ``compressor`` (None = "Orig.").
 
     ``block_diagonal``: ``True`` inverts ``H + Lambda`` per layer block, ``False`` densely (refused above
@@ -63,17 +63,17 @@ class ScoreTimeCompressedInfluence(_InfluenceScorer):
             return inputs
         self.compressor.setup(inputs.train.blocks, "cpu", n_samples=inputs.train.n)
         train = compress_gradient_set(inputs.train, self.compressor)
-        val = compress_gradient_set(inputs.val, self.compressor) if inputs.val is not None else None
-        return ScoringInputs(train=train, val=val, train_probs=inputs.train_probs, seed=inputs.seed,
+        reference = compress_gradient_set(inputs.reference, self.compressor) if inputs.reference is not None else None
+        return ScoringInputs(train=train, reference=reference, train_probs=inputs.train_probs, seed=inputs.seed,
                              extra=inputs.extra)
 
-    def fit(self, inputs: ScoringInputs) -> "ScoreTimeCompressedInfluence":
+    def fit(self, inputs: ScoringInputs) -> "ScoreTimeCompressedInfluenceScorer":
         inputs = self.compress(inputs)
         self.dim = inputs.train.dim
         block = self.dim > self.max_dim if self.block_diagonal == "auto" else bool(self.block_diagonal)
         self.used_block_diagonal = block
         if not block:
-            self._scores = CompressedInfluence(self.damping, self.max_dim, self.chunk_size).fit(inputs).score()
+            self._scores = CompressedInfluenceScorer(self.damping, self.max_dim, self.chunk_size).fit(inputs).score()
             return self
         too_big = [b.name for b in inputs.train.blocks if b.size > self.max_dim]
         if too_big:
@@ -83,6 +83,6 @@ class ScoreTimeCompressedInfluence(_InfluenceScorer):
         ihvp = np.zeros_like(v)
         for curv in curvatures(inputs, "gauss_newton", self.damping, block_diagonal=True, dense=True,
                                chunk_size=self.chunk_size):
-            ihvp[curv.cols] = _spd_solve(curv.matrix(), v[curv.cols])
-        self._scores = -_matvec(inputs.train.grads, ihvp, self.chunk_size)
+            ihvp[curv.cols] = spd_solve(curv.matrix(), v[curv.cols])
+        self._scores = -matvec(inputs.train.grads, ihvp, self.chunk_size)
         return self

@@ -5,13 +5,13 @@ Sign (every scorer here): ``score(z_k) = I(z_k) = -(mean_j g_ref_j)^T (H + Lambd
 paper, after Koh & Liang 2017). Upweighting z_k by eps changes the reference loss by eps * I(z_k), so removing it
 (eps = -1/n) changes the reference loss by about ``-(1/n) I(z_k) = +(1/n) g_ref^T (H + Lambda)^-1 g_k``: a sample
 whose removal would LOWER the reference loss has a large I(z_k) and scores HIGH (= more detrimental, as every
-scorer). The reference gradients are ``inputs.val``: validation gradients, or the training gradients themselves
-when the experiment uses the training set as reference (the OGA synthetic experiment). Self-influence scores are
+scorer). The reference gradients are ``inputs.reference``: validation (or test) gradients, or the training gradients
+themselves when the experiment uses the training set as reference (the OGA synthetic experiment). Self-influence scores are
 ``g_k^T (H + Lambda)^-1 g_k`` (higher = more suspicious; Bejan et al. 2023) and need no reference.
 
 ``H`` is either ``"gauss_newton"`` (alias ``"fisher"``): ``(1/n) G^T G`` of the training gradients (the empirical
 Fisher / Gauss-Newton Hessian of cross entropy, dropout paper Sec. 2.1), or ``"exact"``: the loss Hessian of the
-chosen parameters that the callback puts in ``inputs.extra["hessian"]`` (``attribution/hessian.py``).
+chosen parameters that the attributor puts in ``inputs.extra["hessian"]`` (``attribution/hessian.py``).
 ``Lambda`` is a per-block (per-layer) damping: ``"auto"`` gives ``lambda_l = 0.1 * mean_i ||g_l(z_i)||^2 / d_l``
 (dropout paper Appendix D.1), a float gives the same lambda to every block. Dense algebra runs in float64 over
 row chunks of the (possibly memory-mapped) gradient matrix.
@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import torch
 
-from gradsift.attribution.gradient_set import Block
-from gradsift.scoring.base import Scorer, ScoringInputs
+from gradsift.attribution.gradient_set import Block, GradientSet
+from gradsift.scoring.base import Scorer, ScoringInputs, compute_device
 
 HESSIANS = ("gauss_newton", "fisher", "exact")
 
@@ -89,7 +90,7 @@ def row_quadratic_forms(grads: np.ndarray, q: np.ndarray, cols: slice = slice(No
     return out
 
 
-def _matvec(grads: np.ndarray, x: np.ndarray, chunk_size: int) -> np.ndarray:
+def matvec(grads: np.ndarray, x: np.ndarray, chunk_size: int) -> np.ndarray:
     out = np.empty(grads.shape[0])
     for sl in _chunks(grads.shape[0], chunk_size):
         out[sl] = _rows(grads, sl) @ x
@@ -147,19 +148,6 @@ def curvatures(inputs: ScoringInputs, hessian: str, damping: float | str, block_
     return out
 
 
-def check_exact_hessian_compressor(scorer: Scorer, compressor: object) -> None:
-    """Refuse an exact-Hessian scorer on compressed gradients before anything is trained or gathered.
-
-    The exact loss Hessian has one row per parameter, so it only matches uncompressed gradients; without this check
-    the mismatch surfaced only after the (expensive) Hessian had been computed."""
-    from gradsift.attribution.compressors import Identity
-
-    if getattr(scorer, "needs_hessian", False) and compressor is not None and not isinstance(compressor, Identity):
-        raise ValueError(f"scorer.hessian='exact' ({type(scorer).__name__}) needs uncompressed gradients, but "
-                         f"compressor is {type(compressor).__name__}: use compressor=identity, or "
-                         "scorer.hessian=gauss_newton to build the Hessian from the compressed gradients")
-
-
 def _exact_hessian(inputs: ScoringInputs) -> np.ndarray:
     h = inputs.extra.get("hessian")
     if h is None:
@@ -175,7 +163,7 @@ def _exact_hessian(inputs: ScoringInputs) -> np.ndarray:
     return (h + h.T) / 2
 
 
-def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Solve ``a x = b`` by Cholesky; an indefinite exact Hessian falls back to a symmetric solve with a warning."""
     try:
         return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a), b)
@@ -187,10 +175,10 @@ def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # -- scorers ----------------------------------------------------------------------------------------------------
 
-class _InfluenceScorer(Scorer):
+class InfluenceScorer(Scorer):
     """Shared plumbing: damping and chunking options, a display name, stored scores."""
 
-    needs_val = True
+    needs_reference = True
 
     def __init__(self, damping: float | str = "auto", chunk_size: int = 4096, display_name: str | None = None):
         if chunk_size < 1:
@@ -206,15 +194,15 @@ class _InfluenceScorer(Scorer):
         return self._scores
 
     def _reference(self, inputs: ScoringInputs) -> np.ndarray:
-        if inputs.val is None:
-            raise ValueError(f"{type(self).__name__} needs reference gradients in inputs.val")
-        if inputs.val.dim != inputs.train.dim:
-            raise ValueError(f"reference gradients have {inputs.val.dim} columns, training gradients "
+        if inputs.reference is None:
+            raise ValueError(f"{type(self).__name__} needs reference gradients in inputs.reference")
+        if inputs.reference.dim != inputs.train.dim:
+            raise ValueError(f"reference gradients have {inputs.reference.dim} columns, training gradients "
                              f"{inputs.train.dim}; gather both with the same parameters and compressor")
-        return mean_gradient(inputs.val.grads, self.chunk_size)
+        return mean_gradient(inputs.reference.grads, self.chunk_size)
 
 
-class GradientTracing(_InfluenceScorer):
+class GradientTracingScorer(InfluenceScorer):
     """Gradient Tracing / Hessian-free (TracIn at the last checkpoint, Pruthi et al. 2020): ``-(mean g_ref) . g_k``."""
 
     display_name = "Gradient Tracing"
@@ -222,12 +210,31 @@ class GradientTracing(_InfluenceScorer):
     def __init__(self, chunk_size: int = 4096, display_name: str | None = None):
         super().__init__(damping=0.0, chunk_size=chunk_size, display_name=display_name)
 
-    def fit(self, inputs: ScoringInputs) -> "GradientTracing":
-        self._scores = -_matvec(inputs.train.grads, self._reference(inputs), self.chunk_size)
+    def fit(self, inputs: ScoringInputs) -> "GradientTracingScorer":
+        """Score every training row against the mean reference gradient."""
+        self._scores = -matvec(inputs.train.grads, self._reference(inputs), self.chunk_size)
         return self
 
+    def pairwise(self, train: GradientSet, reference: GradientSet, seed: int = 0,
+                 device: str | None = None) -> np.ndarray:
+        """Every reference row at once: ``S[j, k] = -g_ref_j . g_train_k`` (float64) on ``device``.
 
-class ExactInfluence(_InfluenceScorer):
+        Args:
+            train: the training gradients.
+            reference: the reference rows (test prompts).
+            seed: unused (the method is deterministic).
+            device: where the product runs (``"auto"``/None: CUDA when available).
+
+        Returns:
+            ``[n_reference, n_train]`` scores.
+        """
+        dev = compute_device(device)
+        g = torch.as_tensor(np.asarray(train.grads), device=dev).double()
+        v = torch.as_tensor(np.asarray(reference.grads), device=dev).double()
+        return (-(v @ g.T)).cpu().numpy()
+
+
+class ExactInfluenceScorer(InfluenceScorer):
     """Exact influence (Eq. 1 of the dropout paper) with a dense damped Hessian and a Cholesky solve.
 
     ``hessian="exact"`` uses the loss Hessian of the chosen parameters (the instance then has
@@ -245,7 +252,7 @@ class ExactInfluence(_InfluenceScorer):
         self.hessian, self.max_dim = hessian, max_dim
         self.needs_hessian = hessian == "exact"
 
-    def fit(self, inputs: ScoringInputs) -> "ExactInfluence":
+    def fit(self, inputs: ScoringInputs) -> "ExactInfluenceScorer":
         if inputs.train.dim > self.max_dim:
             raise ValueError(f"{type(self).__name__} needs a dense {inputs.train.dim}^2 Hessian, above "
                              f"scorer.max_dim={self.max_dim}; compress the gradients (compressor=dropout) or use "
@@ -253,11 +260,11 @@ class ExactInfluence(_InfluenceScorer):
         v = self._reference(inputs)
         (curv,) = curvatures(inputs, self.hessian, self.damping, block_diagonal=False, dense=True,
                              chunk_size=self.chunk_size)
-        self._scores = -_matvec(inputs.train.grads, _spd_solve(curv.matrix(), v), self.chunk_size)
+        self._scores = -matvec(inputs.train.grads, spd_solve(curv.matrix(), v), self.chunk_size)
         return self
 
 
-class CompressedInfluence(ExactInfluence):
+class CompressedInfluenceScorer(ExactInfluenceScorer):
     """"Orig." influence in a compressed space (Eq. 3 of the dropout paper): Eq. 1 on whatever (compressed)
     gradients it is given, with ``H = (1/n) G^T G + Lambda`` of those gradients. Equals exact Gauss-Newton
     influence under the identity compressor."""
@@ -269,7 +276,7 @@ class CompressedInfluence(ExactInfluence):
         super().__init__("gauss_newton", damping, max_dim, chunk_size, display_name)
 
 
-class LiSSA(_InfluenceScorer):
+class LiSSAScorer(InfluenceScorer):
     """LiSSA (Agarwal et al. 2017; dropout paper Eq. 7-8): ``s_{i+1} = v + (I - (H + Lambda)/scale) s_i``, s_0 = v,
     so ``s_depth / scale`` approximates ``(H + Lambda)^-1 v``; score = ``-g_k . s_depth / scale``.
 
@@ -327,12 +334,12 @@ class LiSSA(_InfluenceScorer):
             out[curv.cols] = self._recursion(curv, v[None, curv.cols], self._scale(curv, inputs.seed))[0]
         return out
 
-    def fit(self, inputs: ScoringInputs) -> "LiSSA":
-        self._scores = -_matvec(inputs.train.grads, self.ihvp(inputs), self.chunk_size)
+    def fit(self, inputs: ScoringInputs) -> "LiSSAScorer":
+        self._scores = -matvec(inputs.train.grads, self.ihvp(inputs), self.chunk_size)
         return self
 
 
-class SelfLiSSA(LiSSA):
+class SelfLiSSAScorer(LiSSAScorer):
     """Self-LiSSA (Bejan et al. 2023): ``g_k^T s_depth(g_k) / scale`` with LiSSA's recursion started at v = g_k.
 
     Blocks of at most ``max_dense_dim`` columns materialise the recursion's polynomial in H as a d_l x d_l matrix
@@ -340,9 +347,9 @@ class SelfLiSSA(LiSSA):
     """
 
     display_name = "Self-LiSSA"
-    needs_val = False
+    needs_reference = False
 
-    def fit(self, inputs: ScoringInputs) -> "SelfLiSSA":
+    def fit(self, inputs: ScoringInputs) -> "SelfLiSSAScorer":
         grads = inputs.train.grads
         scores = np.zeros(inputs.train.n)
         small = all(b.size <= self.max_dense_dim for b in inputs.train.blocks) if self.block_diagonal \
@@ -360,7 +367,7 @@ class SelfLiSSA(LiSSA):
         return self
 
 
-class DataInf(_InfluenceScorer):
+class DataInfScorer(InfluenceScorer):
     """DataInf (Kwon et al. 2024; dropout paper Eq. 9-10): per block, the inverse of the mean is swapped for the
     mean of Sherman-Morrison inverses, ``(H_l + lambda_l I)^-1 ~ (1/(n lambda_l)) sum_k (I - g_k g_k^T /
     (lambda_l + ||g_k||^2))``, in O(n d) time and O(d) memory. Needs a positive damping."""
@@ -380,7 +387,7 @@ class DataInf(_InfluenceScorer):
                                for b in train.blocks], axis=1)
         return lam, sq
 
-    def fit(self, inputs: ScoringInputs) -> "DataInf":
+    def fit(self, inputs: ScoringInputs) -> "DataInfScorer":
         train = inputs.train
         v = self._reference(inputs)
         lam, sq = self._setup(inputs)
@@ -394,11 +401,47 @@ class DataInf(_InfluenceScorer):
                 ihvp[b.start:b.stop] -= gb.T @ c / train.n
         for i, b in enumerate(train.blocks):
             ihvp[b.start:b.stop] /= lam[i]
-        self._scores = -_matvec(train.grads, ihvp, self.chunk_size)
+        self._scores = -matvec(train.grads, ihvp, self.chunk_size)
         return self
 
+    def pairwise(self, train: GradientSet, reference: GradientSet, seed: int = 0,
+                 device: str | None = None) -> np.ndarray:
+        """DataInf with each reference row alone as the reference, all rows at once, in O(n_ref n d) on ``device``.
 
-class SelfDataInf(DataInf):
+        Equals the generic one-fit-per-row rule (tested). Per block l with damping ``lambda_l`` and
+        ``c = (V_l G_l^T) / (lambda_l + ||g_{k,l}||^2)``: ``ihvp_l = (V_l - c G_l / n) / lambda_l`` and
+        ``S -= ihvp_l G_l^T``.
+
+        Args:
+            train: the training gradients.
+            reference: the reference rows (test prompts).
+            seed: unused (the method is deterministic).
+            device: where the products run (``"auto"``/None: CUDA when available).
+
+        Returns:
+            ``[n_reference, n_train]`` scores.
+
+        Raises:
+            ValueError: the two sets have different columns, or the damping is not positive.
+        """
+        if train.dim != reference.dim:
+            raise ValueError(f"reference gradients have {reference.dim} columns, training gradients {train.dim}")
+        lam = block_damping(np.asarray(train.grads), train.blocks, self.damping)
+        if (lam <= 0).any():
+            raise ValueError(f"DataInf needs damping > 0 (or 'auto'), got {self.damping!r}")
+        dev = compute_device(device)
+        n = train.n
+        out = torch.zeros(reference.n, n, dtype=torch.float64, device=dev)
+        for lam_l, b in zip(lam, train.blocks):
+            g = torch.as_tensor(np.asarray(train.grads[:, b.start:b.stop]), device=dev).double()
+            v = torch.as_tensor(np.asarray(reference.grads[:, b.start:b.stop]), device=dev).double()
+            c = (v @ g.T) / (float(lam_l) + (g * g).sum(1))
+            ihvp = (v - c @ g / n) / float(lam_l)
+            out -= ihvp @ g.T
+        return out.cpu().numpy()
+
+
+class SelfDataInfScorer(DataInfScorer):
     """Self-DataInf (OGA paper Table 1): ``g_i^T M g_i`` with DataInf's inverse M of Eq. 10, per block:
     ``(1/lambda_l) (||g_{i,l}||^2 - (1/n) sum_k (g_{k,l} . g_{i,l})^2 / (lambda_l + ||g_{k,l}||^2))``.
 
@@ -407,14 +450,14 @@ class SelfDataInf(DataInf):
     """
 
     display_name = "Self-DataInf"
-    needs_val = False
+    needs_reference = False
 
     def __init__(self, damping: float | str = "auto", max_dense_dim: int = 8192, chunk_size: int = 4096,
                  display_name: str | None = None):
         super().__init__(damping, chunk_size, display_name)
         self.max_dense_dim = max_dense_dim
 
-    def fit(self, inputs: ScoringInputs) -> "SelfDataInf":
+    def fit(self, inputs: ScoringInputs) -> "SelfDataInfScorer":
         train, grads, n = inputs.train, inputs.train.grads, inputs.train.n
         lam, sq = self._setup(inputs)
         scores = np.zeros(n)
@@ -435,8 +478,3 @@ class SelfDataInf(DataInf):
             scores += (sq[:, i] - swapped) / lam[i]
         self._scores = scores
         return self
-
-
-__all__ = ["GradientTracing", "ExactInfluence", "CompressedInfluence", "LiSSA", "SelfLiSSA", "DataInf",
-           "SelfDataInf", "Curvature", "curvatures", "block_damping", "gauss_newton", "mean_gradient",
-           "row_quadratic_forms"]

@@ -1,6 +1,7 @@
 """Outlier Gradient Analysis (OGA paper, Section 3.3 and Algorithm 1): detrimental samples are outliers in
 gradient space. Detectors: Isolation Forest, L1 / L2 norm thresholding, and the semi-supervised One-Class SVM
-fitted on validation gradients as inliers (Appendix C.8). All sklearn underneath; higher score = more outlying.
+fitted on validation gradients as inliers (Appendix C.8); for influential-data identification (Section 7), one
+Isolation Forest per class (:class:`PerClassIsolationForest`). All sklearn underneath; higher score = more outlying.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.svm import OneClassSVM
 
+from gradsift.attribution.gradient_set import GradientSet
 from gradsift.scoring.base import Scorer, ScoringInputs
 
 
@@ -36,6 +38,32 @@ class IsolationForestScorer(Scorer):
     def predicted_outliers(self) -> np.ndarray:
         """IsolationForest's own labels (its ``contamination`` threshold), as the authors' code deletes them."""
         return self.model.predict(self._x) == -1
+
+    @property
+    def pairwise_name(self) -> str:
+        """OGA Table 3 names the per-class form "Outlier Gradient"."""
+        return PerClassIsolationForest.display_name
+
+    def pairwise(self, train: GradientSet, reference: GradientSet, seed: int = 0,
+                 device: str | None = None) -> np.ndarray:
+        """One IsolationForest per class (OGA Section 7): training sample k of class c gets reference row j's
+        inlier-ness under class c's forest.
+
+        Also sets ``pairwise_class_scores`` to the ``[n_reference, n_classes]`` inlier-ness (Figure 4's heatmap).
+
+        Args:
+            train: the training gradients (``labels`` = class ids).
+            reference: the reference rows (test prompts).
+            seed: the forests' seed unless the scorer has its own ``seed``.
+            device: unused (sklearn runs on the CPU).
+
+        Returns:
+            ``[n_reference, n_train]`` scores.
+        """
+        kwargs = {k: v for k, v in self.kwargs.items() if k != "contamination"}
+        forest = PerClassIsolationForest(seed=seed if self.seed is None else self.seed, **kwargs).fit(train)
+        self.pairwise_class_scores = forest.class_scores(reference)
+        return forest.train_scores(reference, train)
 
 
 class NormScorer(Scorer):
@@ -68,7 +96,7 @@ def row_norms(grads, ord: int, rows: int | None = None) -> np.ndarray:
     The same arithmetic as ``np.linalg.norm(grads.astype(np.float64), ord, axis=1)`` (equal to the last bit), without
     the float64 copy of the whole matrix (two for L1), whose fresh pages cost a job's single call 5-6x the time on
     50,000 x 5,130. By default a block holds about 2 MiB of float64, so the converted block is still in the CPU
-    cache when it is reduced: about 4x faster than 4,096-row blocks (docs/BENCHMARKS.md, experiments/bench_norms.py).
+    cache when it is reduced: about 4x faster than 4,096-row blocks (docs/BENCHMARKS.md, benchmarks/bench_norms.py).
     """
     n = len(grads)
     rows = rows or max(1, _BLOCK_BYTES // (8 * max(1, int(np.prod(np.shape(grads)[1:])))))
@@ -81,22 +109,23 @@ def row_norms(grads, ord: int, rows: int | None = None) -> np.ndarray:
 
 
 class OneClassSVMScorer(Scorer):
-    """Outlier Gradient (OneClassSVM): fitted on validation gradients as inliers, scores the training gradients.
+    """Outlier Gradient (OneClassSVM): fitted on the reference (validation) gradients as inliers,
+    scores the training gradients.
 
     Adapts OGA to a validation distribution (OGA Appendix C.8). Gradients are scaled by the validation RMS norm
     so the RBF ``gamma='scale'`` heuristic behaves across models.
     """
 
     display_name = "Outlier Gradient (OneClassSVM)"
-    needs_val = True
+    needs_reference = True
 
     def __init__(self, kernel: str = "rbf", nu: float = 0.1, gamma: str | float = "scale"):
         self.model = OneClassSVM(kernel=kernel, nu=nu, gamma=gamma)
 
     def fit(self, inputs: ScoringInputs) -> "OneClassSVMScorer":
-        val = np.asarray(inputs.val.grads, dtype=np.float64)
-        scale = np.sqrt(np.mean(np.sum(val**2, axis=1))) or 1.0
-        self.model.fit(val / scale)
+        ref = np.asarray(inputs.reference.grads, dtype=np.float64)
+        scale = np.sqrt(np.mean(np.sum(ref**2, axis=1))) or 1.0
+        self.model.fit(ref / scale)
         self._x = np.asarray(inputs.train.grads, dtype=np.float64) / scale
         return self
 
@@ -105,3 +134,45 @@ class OneClassSVMScorer(Scorer):
 
     def predicted_outliers(self) -> np.ndarray:
         return self.model.predict(self._x) == -1
+
+
+def expand_class_scores(class_scores: np.ndarray, train_classes: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """[n_test, n_classes] -> [n_test, n_train]: sample i gets the column of its class ``train_classes[i]``."""
+    classes = np.asarray(classes)
+    col = np.searchsorted(classes, train_classes)
+    if (col >= len(classes)).any() or (classes[np.minimum(col, len(classes) - 1)] != train_classes).any():
+        raise ValueError("train_classes holds a class that has no column in class_scores")
+    return np.asarray(class_scores)[:, col]
+
+
+class PerClassIsolationForest:
+    """One sklearn IsolationForest per class, fitted on that class's training gradients (OGA Section 7)."""
+
+    display_name = "Outlier Gradient"
+
+    def __init__(self, n_estimators: int = 100, max_samples: int | str = "auto", max_features: float = 1.0,
+                 n_jobs: int | None = None, seed: int = 0):
+        self.kwargs = dict(n_estimators=n_estimators, max_samples=max_samples, max_features=max_features,
+                           n_jobs=n_jobs)
+        self.seed = seed
+        self.classes: np.ndarray | None = None
+        self.forests: list[IsolationForest] = []
+
+    def fit(self, train: GradientSet) -> "PerClassIsolationForest":
+        train.check_finite("training gradients")
+        self.classes = np.unique(train.labels)
+        x = np.asarray(train.grads, dtype=np.float32)
+        self.forests = [IsolationForest(random_state=self.seed, **self.kwargs).fit(x[train.labels == c])
+                        for c in self.classes]
+        return self
+
+    def class_scores(self, test: GradientSet) -> np.ndarray:
+        """[n_test, n_classes] inlier-ness ``1 - s(x)`` of each test gradient under each class's forest."""
+        if self.classes is None:
+            raise RuntimeError("PerClassIsolationForest.class_scores() called before fit()")
+        x = np.asarray(test.grads, dtype=np.float32)
+        return np.stack([1.0 + f.score_samples(x) for f in self.forests], axis=1)
+
+    def train_scores(self, test: GradientSet, train: GradientSet) -> np.ndarray:
+        """[n_test, n_train] scores for :func:`class_detection_metrics` (see the module docstring)."""
+        return expand_class_scores(self.class_scores(test), train.labels, self.classes)

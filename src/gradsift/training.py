@@ -1,0 +1,100 @@
+"""Training and evaluation from the config: fit a fresh model, test it, record per-epoch test curves, load weights.
+
+Every model the pipeline trains (the base model and each retrain) goes through :func:`fit_and_evaluate`, so the
+recipe (``cfg.model``, ``cfg.trainer``, ``cfg.seed``) is applied in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from gradsift.data.base import NoisyLabelDataModule
+
+
+class EpochTestCurve(pl.Callback):
+    """Clean test metrics after every training epoch (OGA Figure 3's accuracy-per-epoch curves).
+
+    Accuracy for classifiers (the module has ``logits``), otherwise the mean per-sample test loss.
+
+    Args:
+        datamodule: gives the test loader.
+
+    Attributes:
+        values: one value per finished epoch.
+    """
+
+    def __init__(self, datamodule: NoisyLabelDataModule):
+        self.datamodule = datamodule
+        self.values: list[float] = []
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Evaluate on the test split (eval mode, the trainer's device and precision) and append the value."""
+        was_training = pl_module.training
+        pl_module.eval()
+        classifier = hasattr(pl_module, "logits")
+        summed, total = 0.0, 0  # correct predictions (classifier) or per-sample losses
+        for batch in self.datamodule.test_dataloader():
+            batch = trainer.strategy.batch_to_device(batch)
+            with trainer.precision_plugin.forward_context():
+                if classifier:
+                    pred = pl_module.logits(batch).argmax(-1)
+                    summed += float((pred == batch.get("clean_label", batch["label"])).sum())
+                else:
+                    summed += float(pl_module.per_sample_loss(batch).float().sum())
+            total += len(batch["index"])
+        self.values.append(summed / max(total, 1))
+        pl_module.train(was_training)
+
+
+def fit_and_evaluate(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: list | None = None,
+                     stage: str = "train") -> tuple[pl.LightningModule, dict, float]:
+    """Train a fresh model from ``cfg.model`` on ``datamodule`` and test it.
+
+    Args:
+        cfg: the run config (``model``, ``trainer``, ``seed``, ``eval_every_epoch``).
+        datamodule: the data to fit on (possibly a kept subset, :meth:`NoisyLabelDataModule.with_keep`).
+        callbacks: extra Lightning callbacks for the fit.
+        stage: what this fit is for (``base``, ``retrain``, ...), for callers that count fits.
+
+    Returns:
+        ``(model, test metrics, seconds)``. Test metrics are every ``test/<name>`` the module logs, as
+        ``{name: value}`` (``acc`` for classifiers, ``perplexity`` for causal LMs); with ``eval_every_epoch: true``
+        also ``curve``, the per-epoch test accuracy (or loss), see :class:`EpochTestCurve`.
+    """
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = instantiate(cfg.model)
+    curve = EpochTestCurve(datamodule) if cfg.get("eval_every_epoch") else None
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=(callbacks or []) + ([curve] if curve else []),
+                                      logger=False)
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    seconds = time.perf_counter() - t0
+    logged = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    metrics = {k.split("/", 1)[1]: float(v) for k, v in logged.items() if k.startswith("test/")}
+    if curve is not None:
+        metrics["curve"] = curve.values
+    return model, metrics, seconds
+
+
+def fit_and_test(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: list | None = None,
+                 stage: str = "train") -> tuple[pl.LightningModule, float, float]:
+    """:func:`fit_and_evaluate` reduced to ``(model, clean test accuracy, seconds)``."""
+    model, metrics, seconds = fit_and_evaluate(cfg, datamodule, callbacks, stage=stage)
+    return model, metrics.get("acc", float("nan")), seconds
+
+
+def load_model(cfg: DictConfig, path: Path) -> pl.LightningModule:
+    """``cfg.model`` with the weights in ``path/model.pt``, in eval mode, on the device the trainer would use."""
+    model = instantiate(cfg.model)
+    model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
+    accel = str(cfg.trainer.get("accelerator", "auto"))
+    if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda"):
+        model = model.cuda()
+    return model.eval()
