@@ -1,5 +1,7 @@
-"""Choose which training samples to drop, from scores (higher = more detrimental) or a detector's own labels, and
-measure a choice against the known noise mask."""
+"""Choose which training samples to drop, and measure a choice against the known noise mask.
+
+The choice comes from scores (higher = more detrimental) or a detector's own labels.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class Trim:
         return k
 
     def describe(self) -> dict:
+        """The budget as result.json records it: ``kind`` (fraction, count, n_noisy or detector) and ``value``."""
         if self.selection == "detector":
             return {"kind": "detector", "value": None}
         b = self.budget

@@ -76,11 +76,15 @@ class Compressor:
         raise NotImplementedError
 
     def compress_factors(self, i: int, acts: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor | None:
-        """Same as :meth:`compress_block` for a Linear-like weight whose per-sample gradient is
-        ``sum_t outer(grad_out[:, t], acts[:, t])``; ``None`` = not supported, the engine materializes it."""
+        """Same as :meth:`compress_block` for a Linear-like weight, from its factors.
+
+        The weight's per-sample gradient is ``sum_t outer(grad_out[:, t], acts[:, t])``; ``None`` = not supported,
+        the engine materializes it.
+        """
         return None
 
     def combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Join the per-block parts: concatenated, or summed for dense projections (``reduce``)."""
         if self.reduce == "sum":
             return torch.stack(parts).sum(0)
         return torch.cat(parts, dim=1)
@@ -92,6 +96,7 @@ class Compressor:
         return self.combine([self.compress_block(i, grads[:, b.start:b.stop]) for i, b in enumerate(self.in_blocks)])
 
     def state(self) -> dict:
+        """What must be stored with the gradients to reproduce them: the class name and seed."""
         return {"name": type(self).__name__, "seed": self.seed}
 
 
@@ -99,9 +104,11 @@ class IdentityCompressor(Compressor):
     """No compression: the full per-sample gradient."""
 
     def compress_block(self, i: int, g: torch.Tensor) -> torch.Tensor:
+        """The block unchanged."""
         return g
 
     def compress(self, grads: torch.Tensor) -> torch.Tensor:
+        """The gradients unchanged."""
         return grads
 
 
@@ -141,9 +148,11 @@ class DropoutCompressor(Compressor):
         return _concat_blocks([b.name for b in self.in_blocks], [len(x) for x in self._local])
 
     def compress_block(self, i: int, g: torch.Tensor) -> torch.Tensor:
+        """The kept coordinates of block ``i``."""
         return g[:, self._local[i].to(g.device)].float()
 
     def compress_factors(self, i: int, acts: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor | None:
+        """Only the kept coordinates ``sum_t g_t[o] a_t[j]`` of a Linear-like weight (None for other layouts)."""
         p = self.params[i]
         if p.layout == "other":
             return None
@@ -156,6 +165,7 @@ class DropoutCompressor(Compressor):
         return torch.cat(parts, 1) if parts else acts.new_zeros(acts.shape[0], 0, dtype=torch.float32)
 
     def state(self) -> dict:
+        """Name, seed, r and the kept indices."""
         return {**super().state(), "r": self.r, "indices": self.indices.tolist()}
 
 
@@ -184,6 +194,7 @@ class GaussianCompressor(Compressor):
         return torch.randn(self.r, width, generator=gen, device=device, dtype=torch.float32) / math.sqrt(self.r)
 
     def compress_block(self, i: int, g: torch.Tensor) -> torch.Tensor:
+        """``P_i g`` with block ``i``'s columns of ``P``, regenerated chunk by chunk."""
         out = torch.zeros(g.shape[0], self.r, device=g.device, dtype=torch.float32)
         for c, c0 in enumerate(range(0, g.shape[1], self.chunk_cols)):
             gc = g[:, c0:c0 + self.chunk_cols].float()
@@ -191,6 +202,7 @@ class GaussianCompressor(Compressor):
         return out
 
     def state(self) -> dict:
+        """Name, seed, r, chunk width and device type (the projection comes from the device's RNG)."""
         return {**super().state(), "r": self.r, "chunk_cols": self.chunk_cols, "device_type": self.device.type}
 
 
@@ -230,15 +242,18 @@ class SparseRandomProjectionCompressor(Compressor):
         return [Block("sparse_random_projection", 0, self.r)]
 
     def compress_block(self, i: int, g: torch.Tensor) -> torch.Tensor:
+        """The sparse projection of block ``i``."""
         return (self._mats[i] @ g.float().T).T
 
     def state(self) -> dict:
+        """Name, seed, r, eps and density."""
         return {**super().state(), "r": self.r, "eps": self.eps, "density": self.density}
 
 
 class LoGraCompressor(Compressor):
-    """LoGra (Choe et al. 2024; Eq. 12-13 of the dropout paper): per Linear-like weight, project inputs with
-    ``P_in[r_in, in]`` and output gradients with ``P_out[r_out, out]``, then take their outer product, i.e.
+    """LoGra (Choe et al. 2024; Eq. 12-13 of the dropout paper): a Kronecker-structured projection.
+
+    Per Linear-like weight, project inputs with ``P_in[r_in, in]`` and output gradients with ``P_out[r_out, out]``, then take their outer product, i.e.
     ``(P_in kron P_out) vec(G)`` with ``vec`` column-major for ``G[out, in]``; ``r_in = r_out = sqrt(r)``.
 
     Other parameters (biases, norms) get a dense Gaussian projection to ``min(d_i, r_out)`` coordinates.
@@ -281,6 +296,7 @@ class LoGraCompressor(Compressor):
         return self._proj[i]
 
     def compress_block(self, i: int, g: torch.Tensor) -> torch.Tensor:
+        """``(P_in kron P_out) vec(G)`` of block ``i`` (a Gaussian projection for other parameters)."""
         p, proj = self.params[i], self._proj[i]
         g = g.float()
         if p.layout == "other":
@@ -292,6 +308,7 @@ class LoGraCompressor(Compressor):
         return (p_in @ g.view(-1, fan_in, fan_out) @ p_out.T).reshape(g.shape[0], -1)
 
     def compress_factors(self, i: int, acts: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor | None:
+        """Project activations and output gradients before their outer product (dropout paper Eq. 13)."""
         if self.params[i].layout == "other":
             return None
         p_in, p_out = self._proj[i]
@@ -300,6 +317,7 @@ class LoGraCompressor(Compressor):
         return torch.einsum("bti,bto->bio", pa, pg).reshape(acts.shape[0], -1)
 
     def state(self) -> dict:
+        """Name, seed, r, r_in and r_out."""
         return {**super().state(), "r": self.r, "r_in": self.r_in, "r_out": self.r_out}
 
 

@@ -28,8 +28,15 @@ from gradsift.attribution.store import GradientStore
 
 
 class RankSlice(Sampler[int]):
-    """Positions ``rank, rank + world_size, ...`` of a dataset of length ``n``: DistributedSampler's unshuffled
-    split without padding (every position is gathered exactly once over all ranks)."""
+    """Positions ``rank, rank + world_size, ...`` of a dataset of length ``n``.
+
+    DistributedSampler's unshuffled split without padding (every position is gathered exactly once over all ranks).
+
+    Args:
+        n: the dataset's length.
+        rank: this process's rank.
+        world_size: the number of processes.
+    """
 
     def __init__(self, n: int, rank: int, world_size: int):
         if not 0 <= rank < world_size:
@@ -65,8 +72,12 @@ def _dist_broadcast(obj, src: int = 0):
 
 
 def torch_process_group() -> dict | None:
-    """The ``dist`` argument of :meth:`AttributionCallback.attribute` for an initialised ``torch.distributed`` group
-    of several ranks (Lightning keeps the one of a DDP/FSDP fit), else None."""
+    """The ``dist`` argument of :meth:`gradsift.Attributor.gather` for an initialised ``torch.distributed`` group.
+
+    Returns:
+        ``{"rank", "world_size", "barrier", "broadcast"}`` when a group of several ranks exists (Lightning keeps the
+        one of a DDP/FSDP fit), else None.
+    """
     td = torch.distributed
     if not (td.is_available() and td.is_initialized() and td.get_world_size() > 1):
         return None

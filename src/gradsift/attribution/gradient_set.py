@@ -20,6 +20,7 @@ class Block:
 
     @property
     def size(self) -> int:
+        """Number of columns."""
         return self.stop - self.start
 
 
@@ -51,10 +52,12 @@ class GradientSet:
 
     @property
     def n(self) -> int:
+        """Number of rows (samples)."""
         return self.grads.shape[0]
 
     @property
     def dim(self) -> int:
+        """Number of columns."""
         return self.grads.shape[1]
 
     def block_views(self) -> list[np.ndarray]:
@@ -84,6 +87,7 @@ class GradientSet:
 
     @classmethod
     def load(cls, path: str) -> "GradientSet":
+        """Read a set written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as z:
             blocks = [Block(str(n), int(s), int(e)) for n, (s, e) in zip(z["block_names"], z["block_bounds"])]
             return cls(grads=z["grads"], index=z["index"], labels=z["labels"], blocks=blocks)

@@ -107,6 +107,7 @@ class PerSampleGradients:
         self.max_chunk_bytes = int(max_chunk_bytes)
 
     def blocks(self, params: dict[str, nn.Parameter]) -> list[Block]:
+        """One block per selected parameter, in selection order: the uncompressed column layout."""
         out, start = [], 0
         for name, p in params.items():
             out.append(Block(name, start, start + p.numel()))

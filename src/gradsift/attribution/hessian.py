@@ -1,5 +1,6 @@
-"""Exact loss Hessian of the chosen parameters, for influence scorers that set ``needs_hessian`` (Eq. 1 of the
-dropout paper with the true H rather than the Gauss-Newton/Fisher form).
+"""Exact loss Hessian of the chosen parameters, for influence scorers that set ``needs_hessian``.
+
+Eq. 1 of the dropout paper with the true H rather than the Gauss-Newton/Fisher form.
 
 ``loss_hessian`` is ``torch.func.hessian`` of the mean of ``module.per_sample_loss`` over a loader, w.r.t. the
 selected parameters flattened in the same order as :class:`PerSampleGradients` (parameter order, each

@@ -61,6 +61,7 @@ class GradientStore:
 
     @property
     def manifest_path(self) -> Path:
+        """This rank's manifest file."""
         return self.root / f"manifest-rank{self.rank}.json"
 
     # ---- writing ------------------------------------------------------------------------------------

@@ -101,10 +101,12 @@ class NoisyLabelDataModule(pl.LightningDataModule):
 
     # -- subclasses -------------------------------------------------------------------------------
     def build(self) -> tuple[DictDataset, DictDataset | None, DictDataset]:
+        """The ``(train, val, test)`` datasets, ``val`` possibly None; subclasses implement it."""
         raise NotImplementedError
 
     # -- lightning --------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        """Build the splits once; with ``keep``, restrict the training split to it."""
         if self.full_train_set is not None:
             return
         self.full_train_set, self.val_set, self.test_set = self.build()
@@ -143,17 +145,21 @@ class NoisyLabelDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def collate(self, items: list[dict] | dict) -> dict:
+        """One dict batch from items (a batch that ``DictDataset.__getitems__`` already built passes through)."""
         if isinstance(items, dict):  # already batched by DictDataset.__getitems__
             return items
         return torch.utils.data.default_collate(items)
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches (seeded)."""
         return self._loader(self.train_set, True, self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
+        """Validation batches, or an empty list without a validation split."""
         return self._loader(self.val_set, False, self.eval_batch_size) or []
 
     def test_dataloader(self) -> DataLoader:
+        """Test batches, unshuffled."""
         return self._loader(self.test_set, False, self.eval_batch_size)
 
     def attribution_dataloader(self, split: str = "train") -> DataLoader:

@@ -226,6 +226,7 @@ class ImageDataset(DictDataset):
         return batch
 
     def subset(self, rows: Sequence[int]) -> "ImageDataset":
+        """The rows ``rows`` (positions) as a new dataset, keeping their sample indices."""
         rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
         return ImageDataset({k: v[rows.to(v.device)] for k, v in self.columns.items()},
                             index=self.index[rows.numpy()])
@@ -339,6 +340,7 @@ class CIFARNDataModule(NoisyLabelDataModule):
                                 + " (set data.download=true with torchvision installed to download them)")
 
     def build(self) -> tuple[ImageDataset, ImageDataset | None, ImageDataset]:
+        """The CIFAR-N splits: images, the chosen human labels as ``label`` and the CIFAR labels as ``clean_label``."""
         arrays = self.load_images()
         labels = read_human_labels(self.data_dir, self.base, self.download)
         train_pos = arrays.get("train_index", np.arange(len(arrays["y_train"])))
@@ -392,6 +394,7 @@ class CIFARNDataModule(NoisyLabelDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches, augmented when ``augment`` is on."""
         return self._loader(self.train_set, True, self.batch_size, augment=self.augment)
 
     def images(self, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -404,6 +407,7 @@ class CIFARNDataModule(NoisyLabelDataModule):
 
     @property
     def noise_mask(self) -> np.ndarray:
+        """True where the training label differs from the clean label."""
         self.setup()
         cols = self.train_set.columns
         return (cols["label"] != cols["clean_label"]).cpu().numpy()

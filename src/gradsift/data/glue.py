@@ -71,6 +71,7 @@ SPLIT_FILES = {
 
 
 def task_spec(task: str) -> GlueTask:
+    """The binary GLUE task ``task`` (``sst2``, ``mrpc``, ...); a ValueError names the known ones."""
     if task not in TASKS:
         raise ValueError(f"data.task={task!r} is not a binary GLUE task; expected one of {sorted(TASKS)}")
     return TASKS[task]
@@ -234,6 +235,7 @@ class GlueDataModule(NoisyLabelDataModule):
 
     # -- tokenization -----------------------------------------------------------------------------
     def load_tokenizer(self):
+        """The tokenizer of ``tokenizer_name`` (a packaged alias, a folder or a hub name)."""
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(resolve_model(self.tokenizer_name))
@@ -247,6 +249,7 @@ class GlueDataModule(NoisyLabelDataModule):
         return {k: [np.asarray(v, dtype=np.int64) for v in enc[k]] for k in TOKEN_KEYS if k in enc}
 
     def cache_path(self, tokenizer, origin: str) -> Path:
+        """The token cache file of this task, tokenizer, origin, sizes and seed."""
         key = {"task": self.task, "origin": origin, "tokenizer": [type(tokenizer).__name__, tokenizer.name_or_path,
                                                                    len(tokenizer)],
                "max_length": self.max_length, "sizes": [self.train_size, self.test_size, self.val_size],
@@ -272,6 +275,7 @@ class GlueDataModule(NoisyLabelDataModule):
 
     # -- NoisyLabelDataModule ---------------------------------------------------------------------
     def build(self) -> tuple[DictDataset, DictDataset | None, DictDataset]:
+        """The GLUE splits, tokenized (cached), with the chosen fraction of training labels flipped."""
         splits = self.tokenized_splits()
         clean = splits["train"]["label"]
         noisy, _ = flip_labels(clean, fraction=self.noise_fraction, num_classes=2, seed=self.seed)

@@ -259,6 +259,7 @@ class LLMBenchmarkDataModule(NoisyLabelDataModule):
         self.raw: dict[str, datasets.Dataset] = {}
 
     def build(self) -> tuple[DictDataset, None, DictDataset]:
+        """The benchmark's prompts tokenized; ``label`` and ``clean_label`` are the class ids."""
         if self.generate:
             self.raw["train"], self.raw["test"] = generate_benchmark(self.benchmark, seed=self.seed)
         else:
@@ -293,6 +294,7 @@ class LLMBenchmarkDataModule(NoisyLabelDataModule):
                             "label": label, "clean_label": label.copy()})
 
     def collate(self, items: list[dict]) -> dict:
+        """Right-padded causal-LM batch (:func:`collate_causal`)."""
         return collate_causal(items, self.tokenizer.pad_token_id)
 
 

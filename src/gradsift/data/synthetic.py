@@ -52,6 +52,7 @@ class MoonsDataModule(_Synthetic2D):
         super().__init__(n_train, n_test, flips_per_class, noise, **kw)
 
     def generate(self, n: int):
+        """``n`` points of scikit-learn's two half-moons."""
         return make_moons(n_samples=n, noise=self.noise, random_state=self.seed)
 
 
@@ -62,6 +63,7 @@ class BlobsDataModule(_Synthetic2D):
         super().__init__(n_train, n_test, flips_per_class, noise, **kw)
 
     def generate(self, n: int):
+        """``n`` points of scikit-learn's blobs."""
         return make_blobs(n_samples=n, centers=2, cluster_std=self.noise, random_state=self.seed)
 
 
@@ -86,6 +88,7 @@ class OGAToyDataModule(NoisyLabelDataModule):
         return df
 
     def build(self):
+        """The authors' toy set from ``data_dir``, its flipped labels as ``label``."""
         train, clean, test = self._read("train.csv"), self._read("train_unflipped_infdatasel.csv"), self._read("test.csv")
         cols = ["FEATURE1", "FEATURE2"]
         if not np.allclose(train[cols].to_numpy(), clean[cols].to_numpy()):

@@ -1,5 +1,6 @@
-"""Causal-LM corpora chunked to a fixed sequence length (dropout paper Sec. 4.2: WikiText with 2,000 training /
-50 test samples for GPT-2; OpenWebText subsets for Pythia-1.4B and LLaMA-3.2-1B).
+"""Causal-LM corpora chunked to a fixed sequence length (dropout paper Sec. 4.2).
+
+WikiText with 2,000 training / 50 test samples for GPT-2; OpenWebText subsets for Pythia-1.4B and LLaMA-3.2-1B.
 
 A sample is one chunk of ``seq_len`` tokens: each split's lines are tokenized, concatenated and cut into
 consecutive blocks (the remainder dropped), as Hugging Face's ``run_clm`` ``group_texts`` does; the first
@@ -116,6 +117,7 @@ class TextCorpusDataModule(NoisyLabelDataModule):
         return hub_lines(self.corpus, self.hub_config, self.n_docs, self.seed)
 
     def build(self) -> tuple[DictDataset, None, DictDataset]:
+        """The corpus chunked into ``seq_len``-token samples, train and test."""
         lines = self._lines()
         if self.tokenizer_spec is None:
             self.tokenizer = train_bpe_tokenizer(lines["train"], vocab_size=self.tokenizer_vocab_size)
@@ -137,4 +139,5 @@ class TextCorpusDataModule(NoisyLabelDataModule):
         return DictDataset({"input_ids": chunks, "label": zeros, "clean_label": zeros.copy()})
 
     def collate(self, items: list[dict]) -> dict:
+        """Right-padded causal-LM batch (:func:`~gradsift.data.llm_benchmarks.collate_causal`)."""
         return collate_causal(items, self.tokenizer.pad_token_id)

@@ -20,19 +20,25 @@ import torch.nn.functional as F
 
 @runtime_checkable
 class Attributable(Protocol):
-    def per_sample_loss(self, batch: dict) -> torch.Tensor: ...
+    """What attribution needs of a model: the unreduced loss, sample i depending only on sample i."""
+
+    def per_sample_loss(self, batch: dict) -> torch.Tensor:
+        """Unreduced loss ``[B]``, sample i depending only on sample i."""
 
 
 class GradsiftModule(pl.LightningModule):
     """Classification module whose steps are built from ``logits(batch)``; loss = cross entropy on ``label``."""
 
     def logits(self, batch: dict) -> torch.Tensor:
+        """Class logits ``[B, C]``; subclasses implement it."""
         raise NotImplementedError
 
     def per_sample_loss(self, batch: dict) -> torch.Tensor:
+        """Cross entropy of the logits against ``label``, one per sample."""
         return F.cross_entropy(self.logits(batch), batch["label"], reduction="none")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Mean per-sample loss, logged as ``train/loss``."""
         loss = self.per_sample_loss(batch).mean()
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch["label"]),
                  sync_dist=True)
@@ -49,10 +55,13 @@ class GradsiftModule(pl.LightningModule):
                  sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Log ``val/loss`` and ``val/acc`` (against ``clean_label`` where given)."""
         self._eval_step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        """Log ``test/loss`` and ``test/acc`` (against ``clean_label`` where given)."""
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """Predicted class probabilities."""
         return self.logits(batch).softmax(-1)

@@ -75,10 +75,13 @@ class CausalLM(pl.LightningModule):
         self.test_perplexity = Perplexity(ignore_index=-100)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """Token logits [B, T, V]. No attention mask is passed: padding is on the right, so the causal mask
+        """Token logits [B, T, V].
+
+        No attention mask is passed: padding is on the right, so the causal mask
         alone keeps it out of every scored position (exact), and ``torch.func.vmap`` can trace the call.
         Position ids are given per sample ([B, T], not broadcast [1, T]) so that a learned position embedding
-        (GPT-2's ``wpe``) sees every sample's positions and the gradient engine's hooks get per-sample rows."""
+        (GPT-2's ``wpe``) sees every sample's positions and the gradient engine's hooks get per-sample rows.
+        """
         ids = batch["input_ids"]
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         return self.net(input_ids=ids, position_ids=positions).logits
@@ -89,11 +92,13 @@ class CausalLM(pl.LightningModule):
         return total / count.clamp(min=1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Mean per-sample loss, logged as ``train/loss``."""
         loss = self.per_sample_loss(batch).mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["labels"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Log ``val/loss``, the mean NLL per scored token."""
         total, count = response_nll(self(batch), batch["labels"])
         self.log("val/loss", total.sum() / count.sum().clamp(min=1), batch_size=len(batch["labels"]))
 
@@ -104,5 +109,6 @@ class CausalLM(pl.LightningModule):
         self.log("test/perplexity", self.test_perplexity, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters."""
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -34,6 +34,7 @@ class ImageClassifier(GradsiftModule):
         self.backbone = backbone.to(memory_format=torch.channels_last) if channels_last else backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the backbone."""
         # channels_last inputs only while training: torch.func's vmap (the gradient engine's fallback for layers
         # without a hook rule, e.g. BatchNorm) cannot clone channels_last tensors
         if self.hparams.channels_last and x.dim() == 4 and self.training:
@@ -41,9 +42,11 @@ class ImageClassifier(GradsiftModule):
         return self.backbone(x)
 
     def logits(self, batch: dict) -> torch.Tensor:
+        """Logits of ``batch['x']``."""
         return self(batch["x"])
 
     def configure_optimizers(self):
+        """SGD with momentum and the configured learning-rate schedule."""
         hp = self.hparams
         opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
                               nesterov=hp.nesterov)

@@ -64,6 +64,7 @@ class SequenceClassifier(GradsiftModule):
                     p.requires_grad_(False)
 
     def logits(self, batch: dict) -> torch.Tensor:
+        """Classifier logits ``[B, num_labels]`` with an additive attention mask."""
         # A 2-D padding mask makes transformers branch on its content (``mask.all()``), which torch.func.vmap
         # cannot trace; the equivalent additive [B, 1, 1, L] mask is used as given by every attention backend.
         mask = batch["attention_mask"]
@@ -79,6 +80,7 @@ class SequenceClassifier(GradsiftModule):
         return _head(task_model, pooled)
 
     def configure_optimizers(self) -> Any:
+        """AdamW over the trainable parameters, with a linear warmup / decay schedule unless ``scheduler`` is None."""
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.scheduler is None:

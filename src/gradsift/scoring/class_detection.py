@@ -58,9 +58,17 @@ def class_detection_metrics(scores: np.ndarray, train_classes: np.ndarray, test_
 
 def influential_data_identification(train: GradientSet, test: GradientSet, seed: int = 0,
                                     n_estimators: int = 100) -> dict[str, dict]:
-    """OGA Table 3 on one benchmark: ``{method: {"scores": [n_test, n_train], **class_detection_metrics}}`` for
-    Gradient Tracing, DataInf (per-test-prompt influence, damping as in DataInf's code) and Outlier Gradient
-    (per-class iForest). ``train.labels`` / ``test.labels`` are the class ids (``variation``)."""
+    """OGA Table 3 on one benchmark, for Gradient Tracing, DataInf and Outlier Gradient (per-class iForest).
+
+    Args:
+        train: the training prompts' gradients; ``labels`` are the class ids (``variation``).
+        test: the test prompts' gradients, labelled the same way.
+        seed: the forests' seed.
+        n_estimators: trees per class forest.
+
+    Returns:
+        ``{method: {"scores": [n_test, n_train], **class_detection_metrics}}``.
+    """
     scorers = [GradientTracingScorer(), DataInfScorer(), IsolationForestScorer(n_estimators=n_estimators)]
     matrices = {s.pairwise_name: s.pairwise(train, test, seed) for s in scorers}
     return {name: {"scores": s, **class_detection_metrics(s, train.labels, test.labels)}

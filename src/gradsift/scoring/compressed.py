@@ -59,6 +59,7 @@ class ScoreTimeCompressedInfluenceScorer(InfluenceScorer):
         self.dim: int | None = None
 
     def compress(self, inputs: ScoringInputs) -> ScoringInputs:
+        """The inputs with train and reference gradients compressed by ``compressor`` (unchanged without one)."""
         if self.compressor is None:
             return inputs
         self.compressor.setup(inputs.train.blocks, "cpu", n_samples=inputs.train.n)
@@ -68,6 +69,7 @@ class ScoreTimeCompressedInfluenceScorer(InfluenceScorer):
                              extra=inputs.extra)
 
     def fit(self, inputs: ScoringInputs) -> "ScoreTimeCompressedInfluenceScorer":
+        """Compress, then Eq. 1/3 with the damped Gauss-Newton Hessian (dense or per block)."""
         inputs = self.compress(inputs)
         self.dim = inputs.train.dim
         block = self.dim > self.max_dim if self.block_diagonal == "auto" else bool(self.block_diagonal)

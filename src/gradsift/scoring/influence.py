@@ -1,5 +1,6 @@
-"""The influence-function family, computed from gradients the engine already gathered (OGA paper Sec. 3.1 and
-Table 1; dropout paper Sec. 2, 3 and Appendix B).
+"""The influence-function family, computed from gradients the engine already gathered.
+
+OGA paper Sec. 3.1 and Table 1; dropout paper Sec. 2, 3 and Appendix B.
 
 Sign (every scorer here): ``score(z_k) = I(z_k) = -(mean_j g_ref_j)^T (H + Lambda)^-1 g_k`` (Eq. 1 of the dropout
 paper, after Koh & Liang 2017). Upweighting z_k by eps changes the reference loss by eps * I(z_k), so removing it
@@ -91,6 +92,7 @@ def row_quadratic_forms(grads: np.ndarray, q: np.ndarray, cols: slice = slice(No
 
 
 def matvec(grads: np.ndarray, x: np.ndarray, chunk_size: int) -> np.ndarray:
+    """``grads @ x`` in float64, ``chunk_size`` rows at a time (``grads`` may be a memmap)."""
     out = np.empty(grads.shape[0])
     for sl in _chunks(grads.shape[0], chunk_size):
         out[sl] = _rows(grads, sl) @ x
@@ -109,6 +111,7 @@ class Curvature:
 
     @property
     def dim(self) -> int:
+        """Number of columns the operator acts on."""
         return len(self.damping)
 
     def matmat(self, s: np.ndarray) -> np.ndarray:
@@ -189,6 +192,7 @@ class InfluenceScorer(Scorer):
         self._scores: np.ndarray | None = None
 
     def score(self) -> np.ndarray:
+        """The scores of the last :meth:`fit`."""
         if self._scores is None:
             raise RuntimeError(f"{type(self).__name__}.score() called before fit()")
         return self._scores
@@ -253,6 +257,7 @@ class ExactInfluenceScorer(InfluenceScorer):
         self.needs_hessian = hessian == "exact"
 
     def fit(self, inputs: ScoringInputs) -> "ExactInfluenceScorer":
+        """Solve ``(H + Lambda) x = v`` densely (Cholesky) and score every training row with it."""
         if inputs.train.dim > self.max_dim:
             raise ValueError(f"{type(self).__name__} needs a dense {inputs.train.dim}^2 Hessian, above "
                              f"scorer.max_dim={self.max_dim}; compress the gradients (compressor=dropout) or use "
@@ -265,9 +270,17 @@ class ExactInfluenceScorer(InfluenceScorer):
 
 
 class CompressedInfluenceScorer(ExactInfluenceScorer):
-    """"Orig." influence in a compressed space (Eq. 3 of the dropout paper): Eq. 1 on whatever (compressed)
-    gradients it is given, with ``H = (1/n) G^T G + Lambda`` of those gradients. Equals exact Gauss-Newton
-    influence under the identity compressor."""
+    """"Orig." influence in a compressed space (Eq. 3 of the dropout paper).
+
+    Eq. 1 on whatever (compressed) gradients it is given, with ``H = (1/n) G^T G + Lambda`` of those gradients.
+    Equals exact Gauss-Newton influence under the identity compressor.
+
+    Args:
+        damping: ``"auto"`` (per-layer rule) or a float.
+        max_dim: refuse a dense Hessian above this many columns.
+        chunk_size: rows per float64 chunk.
+        display_name: the table's row name.
+    """
 
     display_name = "Orig."
 
@@ -277,8 +290,9 @@ class CompressedInfluenceScorer(ExactInfluenceScorer):
 
 
 class LiSSAScorer(InfluenceScorer):
-    """LiSSA (Agarwal et al. 2017; dropout paper Eq. 7-8): ``s_{i+1} = v + (I - (H + Lambda)/scale) s_i``, s_0 = v,
-    so ``s_depth / scale`` approximates ``(H + Lambda)^-1 v``; score = ``-g_k . s_depth / scale``.
+    """LiSSA (Agarwal et al. 2017; dropout paper Eq. 7-8): a recursion that approximates the inverse HVP.
+
+    ``s_{i+1} = v + (I - (H + Lambda)/scale) s_i``, s_0 = v, so ``s_depth / scale`` approximates ``(H + Lambda)^-1 v``; score = ``-g_k . s_depth / scale``.
 
     By default H is block diagonal (one block per layer) and applied matrix-free as ``(1/n) G^T G v``, as in
     DataInf's reference code. ``scale="auto"`` = max(1, lambda_max(H_l + Lambda_l)) per block (power iteration):
@@ -335,6 +349,7 @@ class LiSSAScorer(InfluenceScorer):
         return out
 
     def fit(self, inputs: ScoringInputs) -> "LiSSAScorer":
+        """Score every training row against LiSSA's inverse-HVP estimate."""
         self._scores = -matvec(inputs.train.grads, self.ihvp(inputs), self.chunk_size)
         return self
 
@@ -350,6 +365,7 @@ class SelfLiSSAScorer(LiSSAScorer):
     needs_reference = False
 
     def fit(self, inputs: ScoringInputs) -> "SelfLiSSAScorer":
+        """``g_k^T s_depth(g_k) / scale`` for every training row."""
         grads = inputs.train.grads
         scores = np.zeros(inputs.train.n)
         small = all(b.size <= self.max_dense_dim for b in inputs.train.blocks) if self.block_diagonal \
@@ -368,9 +384,17 @@ class SelfLiSSAScorer(LiSSAScorer):
 
 
 class DataInfScorer(InfluenceScorer):
-    """DataInf (Kwon et al. 2024; dropout paper Eq. 9-10): per block, the inverse of the mean is swapped for the
-    mean of Sherman-Morrison inverses, ``(H_l + lambda_l I)^-1 ~ (1/(n lambda_l)) sum_k (I - g_k g_k^T /
-    (lambda_l + ||g_k||^2))``, in O(n d) time and O(d) memory. Needs a positive damping."""
+    """DataInf (Kwon et al. 2024; dropout paper Eq. 9-10): Sherman-Morrison inverses per block.
+
+    Per block, the inverse of the mean is swapped for the mean of Sherman-Morrison inverses,
+    ``(H_l + lambda_l I)^-1 ~ (1/(n lambda_l)) sum_k (I - g_k g_k^T / (lambda_l + ||g_k||^2))``, in O(n d) time and
+    O(d) memory. Needs a positive damping.
+
+    Args:
+        damping: ``"auto"`` (per-layer rule) or a positive float.
+        chunk_size: rows per float64 chunk.
+        display_name: the table's row name.
+    """
 
     display_name = "DataInf"
 
@@ -388,6 +412,7 @@ class DataInfScorer(InfluenceScorer):
         return lam, sq
 
     def fit(self, inputs: ScoringInputs) -> "DataInfScorer":
+        """Score every training row against DataInf's inverse-HVP estimate."""
         train = inputs.train
         v = self._reference(inputs)
         lam, sq = self._setup(inputs)
@@ -442,8 +467,9 @@ class DataInfScorer(InfluenceScorer):
 
 
 class SelfDataInfScorer(DataInfScorer):
-    """Self-DataInf (OGA paper Table 1): ``g_i^T M g_i`` with DataInf's inverse M of Eq. 10, per block:
-    ``(1/lambda_l) (||g_{i,l}||^2 - (1/n) sum_k (g_{k,l} . g_{i,l})^2 / (lambda_l + ||g_{k,l}||^2))``.
+    """Self-DataInf (OGA paper Table 1): ``g_i^T M g_i`` with DataInf's inverse M of Eq. 10.
+
+    Per block: ``(1/lambda_l) (||g_{i,l}||^2 - (1/n) sum_k (g_{k,l} . g_{i,l})^2 / (lambda_l + ||g_{k,l}||^2))``.
 
     Blocks of at most ``max_dense_dim`` columns form ``(1/n) G_l^T W G_l`` (O(n d_l^2)); larger ones use the Gram
     matrix on row chunks (O(n^2 d_l)).
@@ -458,6 +484,7 @@ class SelfDataInfScorer(DataInfScorer):
         self.max_dense_dim = max_dense_dim
 
     def fit(self, inputs: ScoringInputs) -> "SelfDataInfScorer":
+        """``g_i^T M g_i`` for every training row, block by block."""
         train, grads, n = inputs.train, inputs.train.grads, inputs.train.n
         lam, sq = self._setup(inputs)
         scores = np.zeros(n)

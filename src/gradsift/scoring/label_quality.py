@@ -1,5 +1,6 @@
-"""Label-quality baselines of OGA Table 1 (Appendix B.2.4) through cleanlab, default parameters:
-normalized margin (Northcutt et al. 2021), self-confidence, confidence-weighted entropy (Kuan & Mueller 2022).
+"""Label-quality baselines of OGA Table 1 (Appendix B.2.4) through cleanlab, default parameters.
+
+Normalized margin (Northcutt et al. 2021), self-confidence, confidence-weighted entropy (Kuan & Mueller 2022).
 
 Score = 1 - cleanlab's label quality (higher = more likely mislabeled = more detrimental). Probabilities come from
 ``inputs.train_probs``: the pipeline passes the trained model's own predicted probabilities on its training set,
@@ -34,6 +35,7 @@ class LabelQualityScorer(Scorer):
         self._scores: np.ndarray | None = None
 
     def fit(self, inputs: ScoringInputs) -> "LabelQualityScorer":
+        """``1 - label quality`` of every training row from its labels and predicted probabilities."""
         labels = np.asarray(inputs.train_labels)
         probs = np.asarray(inputs.train_probs, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[0] != len(labels):
@@ -45,6 +47,7 @@ class LabelQualityScorer(Scorer):
         return self
 
     def score(self) -> np.ndarray:
+        """The scores of the last :meth:`fit`."""
         if self._scores is None:
             raise RuntimeError("LabelQualityScorer.score() called before fit()")
         return self._scores

@@ -1,5 +1,6 @@
-"""Outlier Gradient Analysis (OGA paper, Section 3.3 and Algorithm 1): detrimental samples are outliers in
-gradient space. Detectors: Isolation Forest, L1 / L2 norm thresholding, and the semi-supervised One-Class SVM
+"""Outlier Gradient Analysis (OGA paper, Section 3.3 and Algorithm 1).
+
+Detrimental samples are outliers in gradient space. Detectors: Isolation Forest, L1 / L2 norm thresholding, and the semi-supervised One-Class SVM
 fitted on validation gradients as inliers (Appendix C.8); for influential-data identification (Section 7), one
 Isolation Forest per class (:class:`PerClassIsolationForest`). All sklearn underneath; higher score = more outlying.
 """
@@ -27,12 +28,14 @@ class IsolationForestScorer(Scorer):
         self.model: IsolationForest | None = None
 
     def fit(self, inputs: ScoringInputs) -> "IsolationForestScorer":
+        """Fit the forest on the training gradients."""
         self._x = np.asarray(inputs.train.grads, dtype=np.float32)
         seed = inputs.seed if self.seed is None else self.seed
         self.model = IsolationForest(random_state=seed, **self.kwargs).fit(self._x)
         return self
 
     def score(self) -> np.ndarray:
+        """``-score_samples``: larger for more isolated gradients."""
         return -self.model.score_samples(self._x)
 
     def predicted_outliers(self) -> np.ndarray:
@@ -46,9 +49,9 @@ class IsolationForestScorer(Scorer):
 
     def pairwise(self, train: GradientSet, reference: GradientSet, seed: int = 0,
                  device: str | None = None) -> np.ndarray:
-        """One IsolationForest per class (OGA Section 7): training sample k of class c gets reference row j's
-        inlier-ness under class c's forest.
+        """One IsolationForest per class (OGA Section 7).
 
+        Training sample k of class c gets reference row j's inlier-ness under class c's forest.
         Also sets ``pairwise_class_scores`` to the ``[n_reference, n_classes]`` inlier-ness (Figure 4's heatmap).
 
         Args:
@@ -76,10 +79,12 @@ class NormScorer(Scorer):
         self.display_name = f"Outlier Gradient (L{ord})"
 
     def fit(self, inputs: ScoringInputs) -> "NormScorer":
+        """The row norms of the training gradients."""
         self._scores = row_norms(inputs.train.grads, self.ord)
         return self
 
     def score(self) -> np.ndarray:
+        """The norms of the last :meth:`fit`."""
         return self._scores
 
     def predicted_outliers(self) -> np.ndarray:
@@ -109,9 +114,9 @@ def row_norms(grads, ord: int, rows: int | None = None) -> np.ndarray:
 
 
 class OneClassSVMScorer(Scorer):
-    """Outlier Gradient (OneClassSVM): fitted on the reference (validation) gradients as inliers,
-    scores the training gradients.
+    """Outlier Gradient (OneClassSVM): fitted on the reference (validation) gradients as inliers.
 
+    Scores the training gradients.
     Adapts OGA to a validation distribution (OGA Appendix C.8). Gradients are scaled by the validation RMS norm
     so the RBF ``gamma='scale'`` heuristic behaves across models.
     """
@@ -123,6 +128,7 @@ class OneClassSVMScorer(Scorer):
         self.model = OneClassSVM(kernel=kernel, nu=nu, gamma=gamma)
 
     def fit(self, inputs: ScoringInputs) -> "OneClassSVMScorer":
+        """Fit the SVM on the scaled reference gradients."""
         ref = np.asarray(inputs.reference.grads, dtype=np.float64)
         scale = np.sqrt(np.mean(np.sum(ref**2, axis=1))) or 1.0
         self.model.fit(ref / scale)
@@ -130,9 +136,11 @@ class OneClassSVMScorer(Scorer):
         return self
 
     def score(self) -> np.ndarray:
+        """``-decision_function``: larger outside the reference gradients' support."""
         return -self.model.decision_function(self._x)
 
     def predicted_outliers(self) -> np.ndarray:
+        """The SVM's own outlier labels."""
         return self.model.predict(self._x) == -1
 
 
@@ -159,6 +167,7 @@ class PerClassIsolationForest:
         self.forests: list[IsolationForest] = []
 
     def fit(self, train: GradientSet) -> "PerClassIsolationForest":
+        """One forest per class of ``train.labels``."""
         train.check_finite("training gradients")
         self.classes = np.unique(train.labels)
         x = np.asarray(train.grads, dtype=np.float32)

@@ -19,11 +19,13 @@ class RandomScorer(Scorer):
         self._scores: np.ndarray | None = None
 
     def fit(self, inputs: ScoringInputs) -> "RandomScorer":
+        """Draw the scores."""
         seed = inputs.seed if self.seed is None else self.seed
         self._scores = np.random.default_rng(seed).random(inputs.train.n)
         return self
 
     def score(self) -> np.ndarray:
+        """The scores of the last :meth:`fit`."""
         if self._scores is None:
             raise RuntimeError("RandomScorer.score() called before fit()")
         return self._scores
