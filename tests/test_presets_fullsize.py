@@ -83,4 +83,4 @@ def test_full_size_preset_runs_on_fake_folders(experiment, extra, full_size, tmp
     assert n_train == cfg.data.subset  # the validation split is carved from the rest of the 50,000
     assert res["metrics"]["n_trimmed"] == round(0.05 * n_train)
     if "cifar100n" in experiment:  # the 51,300-dim last-layer gradient was projected to r dimensions
-        assert res["config"]["compressor"]["_target_"].endswith("SparseRandomProjection")
+        assert res["config"]["compressor"]["_target_"].endswith("SparseRandomProjectionCompressor")

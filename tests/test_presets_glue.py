@@ -12,7 +12,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from transformers import BertTokenizerFast
 
-from gradsift import pipeline
+from gradsift import pipeline, training
+from gradsift.trim import detection_metrics
 from gradsift.attribution.gradient_set import GradientSet
 from gradsift.summarize import load_runs, load_table, summarize, write_summary
 from gradsift.viz.curves import BASELINE, curve_stats, load_curves, write_curves, write_points
@@ -78,8 +79,8 @@ def test_detection_preset_runs_every_table1_scorer_and_summarizes(tiny, tmp_path
     assert {"orig", "datainf", "lissa", "tracin", "gaussian_influence", "dropout_influence", "iforest", "l1",
             "l2"} == set(scorers)
     calls = []
-    real = pipeline.fit_and_evaluate
-    monkeypatch.setattr(pipeline, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    real = training.fit_and_evaluate
+    monkeypatch.setattr(training, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
     out = tmp_path / "multirun"
     for i, scorer in enumerate(scorers):
         cfg = _compose("dropout_table1_glue_detection", *_overrides(tiny, tmp_path), f"scorer={scorer}")
@@ -159,11 +160,11 @@ def test_cola_stability_preset_runs_on_local_files(tiny, tmp_path, monkeypatch):
 def test_detection_auc_is_sklearns_on_a_hand_made_case():
     noise = np.array([1, 1, 0, 0, 0], dtype=bool)
     scores = np.array([0.9, 0.3, 0.5, 0.1, 0.2])
-    m = pipeline.detection_metrics(scores > 0.4, scores, noise)
+    m = detection_metrics(scores > 0.4, scores, noise)
     # positive pairs ranked above negatives: 0.9 beats 3, 0.3 beats 2 of 3 -> 5/6
     assert m["detection_auc"] == pytest.approx(5 / 6)
     assert m["true_positives"] == 1 and m["precision"] == 0.5 and m["recall"] == 0.5
-    assert pipeline.detection_metrics(scores > 0.4, -scores, noise)["detection_auc"] == pytest.approx(1 / 6)
+    assert detection_metrics(scores > 0.4, -scores, noise)["detection_auc"] == pytest.approx(1 / 6)
 
 
 def test_curves_from_fake_result_files(tmp_path):

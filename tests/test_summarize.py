@@ -89,7 +89,7 @@ def test_markdown_text(sweep: Path) -> None:
 
 
 def test_cli_outputs_are_byte_identical_and_csv_matches(sweep: Path) -> None:
-    from experiments.summarize import main
+    from gradsift.cli import summarize as main
 
     out = Path("multirun_summaries/table1_synthetic")
     argv = ["multirun/table1_moons", "--table", TABLE1, "--out", str(out)]

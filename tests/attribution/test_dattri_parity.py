@@ -23,7 +23,7 @@ def test_dattri_logra_and_ours_preserve_the_same_inner_products(tmp_path):
     from dattri.task import AttributionTask
 
     torch.set_num_threads(1)
-    spec = importlib.util.spec_from_file_location("bench_gradients", ROOT / "experiments" / "bench_gradients.py")
+    spec = importlib.util.spec_from_file_location("bench_gradients", ROOT / "benchmarks" / "bench_gradients.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     torch.manual_seed(0)

@@ -103,7 +103,7 @@ def test_bench_dattri_rows_cpu_smoke():
     import importlib.util
 
     torch.set_num_threads(1)
-    spec = importlib.util.spec_from_file_location("bench_gradients", ROOT / "experiments" / "bench_gradients.py")
+    spec = importlib.util.spec_from_file_location("bench_gradients", ROOT / "benchmarks" / "bench_gradients.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     args = bench.argparse.Namespace(model="tiny", seq_len=8, batch_size=2, r=16, bf16=False)
