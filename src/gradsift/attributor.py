@@ -154,13 +154,13 @@ class Attributor:
         extra = {}
         if self.scorer is not None and self.scorer.needs_hessian:
             extra["hessian"] = self.hessian(module, datamodule)
-        reference = train if self.reference == "train" else sets.get("reference")
+        reference = train if self.reference == "train" else sets.get(self.reference)
         return ScoringInputs(train=train, reference=reference, train_probs=probs, seed=self.seed, extra=extra)
 
     def _gather_sets(self, module: torch.nn.Module, datamodule, dist: dict | None) -> dict[str, GradientSet]:
         loaders = {"train": (datamodule.attribution_dataloader("train"), "train gradients")}
         if self.needs_reference() and getattr(datamodule, f"{self.reference}_set", None) is not None:
-            loaders["reference"] = (datamodule.attribution_dataloader(self.reference), f"{self.reference} gradients")
+            loaders[self.reference] = (datamodule.attribution_dataloader(self.reference), f"{self.reference} gradients")
         if dist is None and self.store_dir is None:
             return {split: self.engine.gather(module, loader, desc) for split, (loader, desc) in loaders.items()}
         dist = dist or {"rank": 0, "world_size": 1, "barrier": lambda: None, "broadcast": lambda obj, src=0: obj}
