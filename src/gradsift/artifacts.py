@@ -46,8 +46,10 @@ class BaseArtifacts:
 
     Attributes:
         inputs: the scorers' inputs (training and reference gradients, probabilities, the Hessian when asked for).
-        key: the gradients' cache key; ``hit``: whether they came from the cache.
-        model_key: the base model's cache key; ``model_hit``: whether it came from the cache.
+        key: the gradients' cache key.
+        hit: whether the gradients came from the cache.
+        model_key: the base model's cache key.
+        model_hit: whether the base model came from the cache.
         model_meta: the base model's ``base_test`` metrics and ``train_s``.
         meta: the gradients' ``gradients_s``, compressor state and gather world size.
     """

@@ -7,8 +7,8 @@ shards in dataset order (:meth:`GradientStore.finalize`), and after a second bar
 merged set. No collective runs during the gathering itself, so unequal shard sizes cannot dead-lock, and the
 module is called directly (not through the DDP wrapper), so no gradient all-reduce is triggered.
 
-This module imports no Lightning: the :class:`~gradsift.attribution.callback.AttributionCallback` passes the
-strategy's barrier / broadcast; plain ``torch.distributed`` users get its defaults.
+This module imports no Lightning: :class:`gradsift.Attributor` passes the barrier / broadcast it is given
+(:class:`gradsift.AttributionCallback` gives the strategy's); plain ``torch.distributed`` users get its defaults.
 """
 
 from __future__ import annotations

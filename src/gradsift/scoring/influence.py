@@ -154,7 +154,7 @@ def curvatures(inputs: ScoringInputs, hessian: str, damping: float | str, block_
 def _exact_hessian(inputs: ScoringInputs) -> np.ndarray:
     h = inputs.extra.get("hessian")
     if h is None:
-        raise ValueError("scorer.hessian='exact' needs inputs.extra['hessian'] (the callback computes it with "
+        raise ValueError("scorer.hessian='exact' needs inputs.extra['hessian'] (the attributor computes it with "
                          "gradsift.attribution.hessian.loss_hessian when the scorer sets needs_hessian); use "
                          "scorer.hessian=gauss_newton to build H from the gradients instead")
     h = np.asarray(h, dtype=np.float64)
@@ -242,7 +242,7 @@ class ExactInfluenceScorer(InfluenceScorer):
     """Exact influence (Eq. 1 of the dropout paper) with a dense damped Hessian and a Cholesky solve.
 
     ``hessian="exact"`` uses the loss Hessian of the chosen parameters (the instance then has
-    ``needs_hessian = True`` so the callback computes it); ``"gauss_newton"``/``"fisher"`` uses (1/n) G^T G.
+    ``needs_hessian = True`` so the attributor computes it); ``"gauss_newton"``/``"fisher"`` uses (1/n) G^T G.
     Cost: O(n d^2 + d^3) time, O(d^2) memory (dropout paper Table 6); refuses d > ``max_dim``.
     """
 

@@ -11,7 +11,7 @@ import pandas as pd  # noqa: E402
 
 
 def score_plot(flagged: pd.DataFrame, title: str = "") -> plt.Figure:
-    """``flagged`` as written by AttributionCallback (index, label, clean_label, score, flagged)."""
+    """``flagged`` as an Attribution holds it (index, label, clean_label, score, flagged)."""
     df = flagged.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
     noisy = (df["label"] != df["clean_label"]).to_numpy()
     fig, ax = plt.subplots(figsize=(7, 3.2))

@@ -1,0 +1,23 @@
+"""Fit and evaluate from the config: seeded, test metrics by the names the module logs, per-epoch curves, load."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from gradsift import training
+from tests.test_pipeline import _cfg
+
+
+def test_fit_and_evaluate_is_seeded_and_records_a_curve_per_epoch(tmp_path):
+    cfg = _cfg(tmp_path, "eval_every_epoch=true", "trainer.max_epochs=3")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    model, metrics, seconds = training.fit_and_evaluate(cfg, dm)
+    assert {"acc", "loss", "curve"} <= set(metrics) and len(metrics["curve"]) == 3 and seconds > 0
+    assert metrics["curve"][-1] == pytest.approx(metrics["acc"], abs=1e-6)  # the final model, as trainer.test
+    again, same, _ = training.fit_and_evaluate(cfg, dm)
+    assert same == metrics
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    loaded = training.load_model(cfg, tmp_path)
+    assert not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), again.state_dict().values()))
