@@ -247,6 +247,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         _write(output_dir, result)  # a killed job leaves a "running" record the summary marks as failed
         datamodule: NoisyLabelDataModule = instantiate(cfg.data)
         datamodule.setup()
+        trim.validate(len(datamodule.train_set), getattr(datamodule, "has_noise_mask", True))  # before training
         art = base_artifacts(cfg, datamodule, scorer)
         result["base_key"], result["cache_hit"], result["model_cache_hit"] = art["key"], art["hit"], art["model_hit"]
 
@@ -260,10 +261,10 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
 
         train = art["train"]
         metrics = {f"base_test_{k}": v for k, v in art["model_meta"]["base_test"].items()}
-        if getattr(datamodule, "has_label_noise", True):
+        if getattr(datamodule, "has_noise_mask", True):
             noise = train.labels != by_row["clean_label"].to_numpy()
             metrics.update(detection_metrics(remove, scores, noise))
-        else:  # no classes (causal-LM text): only how many were removed
+        else:  # no classes (causal-LM text) or clean labels unknown: only how many were removed
             metrics["n_trimmed"] = int(remove.sum())
         retrain_s = 0.0
         if cfg.get("retrain", True):
