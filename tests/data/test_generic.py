@@ -90,6 +90,10 @@ def test_in_memory_arrays_and_errors_that_name_the_key() -> None:
     dm = ArrayDataModule(train=arrays, test_fraction=0.3)
     dm.setup()
     assert (len(dm.train_set), len(dm.test_set), dm.name) == (7, 3, "arrays")
+    # clean labels for the training split only: the test file's labels are taken as clean
+    known = ArrayDataModule(train={**arrays, "true": 1 - arrays["label"]}, test=arrays, clean_label="true")
+    known.setup()
+    assert known.noise_mask.all() and (known.test_set.column("clean_label") == arrays["label"]).all()
     with pytest.raises(ValueError, match=r"data.label='y' is not a column of data.train \(columns: x, label\)"):
         ArrayDataModule(train=arrays, label="y").setup()
     with pytest.raises(ValueError, match="no test split"):

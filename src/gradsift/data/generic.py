@@ -78,7 +78,8 @@ class ArrayDataModule(NoisyLabelDataModule):
             ``.npz`` array of shape [n, d], a list column). None = every column but label / clean label / index.
         label: the column the model is trained on (possibly noisy labels).
         clean_label: the column with the true labels, where known (e.g. a re-annotation). None = unknown: no noise
-            mask, so no detection metrics and no ``trim.budget=n_noisy``; evaluation splits are scored on ``label``.
+            mask, so no detection metrics and no ``trim.budget=n_noisy``. A val / test split without it is scored
+            on its ``label``.
         index: a column of unique integer sample ids; None = the row number in the split's source.
         val_fraction: share of ``train`` held out as validation when ``val`` is None.
         test_fraction: share of ``train`` held out as test when ``test`` is None.
@@ -166,11 +167,15 @@ class ArrayDataModule(NoisyLabelDataModule):
             raise ValueError(f"data.features of {where} have missing or infinite values")
         return x
 
-    def _rows(self, cols: Columns, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(features, label, clean label, index) of one split, labels still raw."""
+    def _rows(self, cols: Columns, key: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(features, label, clean label, index) of one split, labels still raw. An evaluation split without the
+        clean-label column is scored on its labels (taken as clean)."""
         x = self._features(cols, key)
         y = self._column(cols, self.label, "data.label", key)
-        clean = self._column(cols, self.clean_label, "data.clean_label", key) if self.clean_label else y
+        if self.clean_label and (split == "train" or self.clean_label in cols):
+            clean = self._column(cols, self.clean_label, "data.clean_label", key)
+        else:
+            clean = y
         if self.index_column:
             ix = self._column(cols, self.index_column, "data.index", key)
             if not np.issubdtype(ix.dtype, np.integer) or len(np.unique(ix)) != len(ix):
@@ -197,7 +202,7 @@ class ArrayDataModule(NoisyLabelDataModule):
 
     # -- building ---------------------------------------------------------------------------------
     def build(self) -> tuple[DictDataset, DictDataset | None, DictDataset]:
-        splits = {name: self._rows(cols, key) for name, (cols, key) in self._splits().items()}
+        splits = {name: self._rows(cols, key, name) for name, (cols, key) in self._splits().items()}
         train = splits["train"]
         n = len(train[1])
         order = np.random.default_rng(self.seed).permutation(n)
