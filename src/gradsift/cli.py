@@ -12,6 +12,7 @@ functions. ``gradsift-audit`` and ``gradsift-curves`` live in :mod:`gradsift.aud
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import hydra
@@ -19,8 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gradsift.pipeline import run as run_pipeline
-from gradsift.report import print_result
-from gradsift.summarize import PAPER_DIR, write_summary
+from gradsift.report import console, print_result
+from gradsift.summarize import PAPER_DIR, SummaryRegression, list_tables, write_summary
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -32,22 +33,39 @@ def run(cfg: DictConfig) -> float:
     return result.get("metrics", {}).get("test_acc", float("nan"))
 
 
+def _tables_epilog() -> str:
+    rows = [f"  {key}" + (f"\n      {caption[:110]}{'...' if len(caption) > 110 else ''}" if caption else "")
+            for key, caption in list_tables()]
+    return "tables (--table, from conf/paper/*.yaml):\n" + "\n".join(rows)
+
+
 def summarize(argv: list[str] | None = None) -> None:
-    """Summarize multirun folders (or result.json files) into a paper table: .md, .csv, .tex and .png."""
-    parser = argparse.ArgumentParser(prog="gradsift-summarize", description=summarize.__doc__,
-                                     epilog="e.g. gradsift-summarize multirun/table1_moons --table "
-                                            "oga.table1_synthetic_mlp_moons --out multirun_summaries/table1_synthetic")
+    """Summarize multirun folders (or result.json files) into a paper table: .md, .csv, .tex and .png.
+
+    Without ``--table``: a plain table of our runs (rows = methods, split by the config keys that differ; columns = the
+    metrics), .md and .csv. Runs that differ in a config key other than the seed never share a cell (``--pool KEY``
+    lets them). An existing summary at ``--out`` is replaced only when the new one has every finished cell it has, with
+    at least as many seeds (``--force`` replaces it anyway): a killed or partly failed sweep cannot overwrite a better
+    table.
+    """
+    parser = argparse.ArgumentParser(prog="gradsift-summarize", description=summarize.__doc__, epilog=_tables_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", type=Path, help="multirun directories (searched recursively) or result.json files")
-    parser.add_argument("--table", required=True, help="dotted table key, e.g. oga.table1_synthetic_mlp_moons")
+    parser.add_argument("--table", help="dotted table key (listed below); omit for a table of our runs only")
     parser.add_argument("--out", required=True, type=Path, help="output path without suffix (.md/.csv/.tex/.png are written)")
     parser.add_argument("--papers", type=Path, default=PAPER_DIR,
                         help="folder holding <paper>.yaml (default: the packaged conf/paper)")
+    parser.add_argument("--force", action="store_true", help="replace an existing summary even if it loses finished cells")
+    parser.add_argument("--pool", action="append", default=[], metavar="KEY",
+                        help="config key whose differences may share a cell (repeatable), e.g. trainer.precision")
     args = parser.parse_args(argv)
-    _, md = write_summary(args.inputs, args.table, args.out, args.papers)
     try:
-        from rich.console import Console
-        from rich.markdown import Markdown
+        _, md = write_summary(args.inputs, args.table, args.out, args.papers, force=args.force, pool=args.pool)
+    except SummaryRegression as e:
+        sys.exit(f"gradsift-summarize: {e}")
+    if not sys.stdout.isatty():  # a log file gets the markdown itself, uncut
+        print(md, end="")
+        return
+    from rich.markdown import Markdown
 
-        Console().print(Markdown(md))
-    except ImportError:
-        print(md)
+    console().print(Markdown(md))

@@ -48,6 +48,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         write_result(output_dir, result)  # a killed job leaves a "running" record the summary marks as failed
         datamodule: NoisyLabelDataModule = instantiate(cfg.data)
         datamodule.setup()
+        trim.validate(len(datamodule.train_set), getattr(datamodule, "has_noise_mask", True))  # before training
         art = artifacts.base_artifacts(cfg, datamodule, hessian=scorer.needs_hessian)
         result["base_key"], result["cache_hit"], result["model_cache_hit"] = art.key, art.hit, art.model_hit
 
@@ -57,10 +58,10 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         remove = by_row["flagged"].to_numpy()
         train = art.inputs.train
         metrics = {f"base_test_{k}": v for k, v in art.model_meta["base_test"].items()}
-        if getattr(datamodule, "has_label_noise", True):
+        if getattr(datamodule, "has_noise_mask", True):
             noise = train.labels != by_row["clean_label"].to_numpy()
             metrics.update(detection_metrics(remove, attribution.scores, noise))
-        else:  # no classes (causal-LM text): only how many were removed
+        else:  # no classes (causal-LM text) or clean labels unknown: only how many were removed
             metrics["n_trimmed"] = int(remove.sum())
         retrain_s = 0.0
         if cfg.get("retrain", True):

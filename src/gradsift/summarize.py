@@ -1,8 +1,13 @@
 """Turn result.json files into a paper table: paper and ours side by side (markdown, CSV, LaTeX, PNG).
 
 A table is data: ``conf/paper/<paper>.yaml`` holds the paper's numbers and an ``ours:`` block saying which
-result.json field fills which row / column / sub-table (see the header of those files). Output is a pure function
-of the result files (sorted, no wall-clock time), so regenerating from the same files is byte-identical.
+result.json field fills which row / column / sub-table (see the header of those files). Without a paper table,
+:func:`ours_table` gives a plain one (rows = methods, columns = metrics). Output is a pure function of the result
+files (sorted, no wall-clock time, no machine names unless ``provenance``), so regenerating from the same files, or
+rerunning the same sweep, is byte-identical.
+
+A cell never mixes runs that differ in anything but the seed (see :func:`summarize`), and a published summary is
+never replaced by one with fewer finished cells unless forced (see :func:`write_summary`).
 """
 
 from __future__ import annotations
@@ -122,6 +127,8 @@ class PaperTable:
     plot: str = "bar"
     #: why ours may differ from the paper (setting, data, recipe); printed under the table
     notes: str = ""
+    #: False for :func:`ours_table` (no paper numbers: one column per metric, no paper / Δ columns)
+    has_paper: bool = True
 
     def matches(self, result: Mapping[str, Any]) -> bool:
         return all(lookup(result, k) in allowed for k, allowed in self.where.items())
@@ -346,6 +353,10 @@ class Summary:
     machines: list[str]
     newest: str | None
     command: str
+    #: (subtable, row) -> config keys whose values split that row into variants "row [key=value, ...]"
+    split: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    #: config key -> the values pooled in shared cells because the caller asked (``pool``)
+    pooled: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _failure_note(result: Mapping[str, Any]) -> str:
@@ -355,24 +366,103 @@ def _failure_note(result: Mapping[str, Any]) -> str:
     return why + (f" (overrides: {overrides})" if overrides else "")
 
 
-def summarize(runs: Sequence[Run], table: PaperTable, command: str = "") -> Summary:
-    """Group runs by (sub-table, row, column) over seeds; paper numbers alongside."""
-    cells: dict[str, dict[str, dict[str, Cell]]] = {}
+#: config keys that never change a result: where files live, threads, progress bars, loggers, caching, labels of
+#: the sweep; ignored when deciding whether two runs share a cell (as is every key ending in ``_dir``)
+IGNORED_CONFIG_KEYS = frozenset({
+    "hydra", "paths", "torch_threads", "experiment_name", "paper_table", "cache", "gallery", "logger",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing",
+    "trainer.log_every_n_steps", "trainer.default_root_dir", "data.num_workers", "data.download",
+})
+#: config sections that decide a baseline row's value (the untrimmed base model: the pipeline's model keys less the seed)
+BASELINE_SECTIONS = ("data", "model", "trainer")
+
+
+def _ignored(key: str) -> bool:
+    parts = key.split(".")
+    return (key == "seed" or parts[-1].endswith("_dir")
+            or any(".".join(parts[:i]) in IGNORED_CONFIG_KEYS for i in range(1, len(parts) + 1)))
+
+
+def comparable_config(result: Mapping[str, Any]) -> dict[str, str]:
+    """The resolved config of a run (``result["config"]``) as ``{dotted key: canonical JSON value}``, without the
+    keys in :data:`IGNORED_CONFIG_KEYS`; a null value is left out, so a key that a later config added with a null
+    default compares equal to its absence."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif node is not None and not _ignored(prefix[:-1]):
+            out[prefix[:-1]] = json.dumps(node, sort_keys=True, default=str)
+
+    walk(result.get("config") or {}, "")
+    return out
+
+
+def differing_keys(configs: Sequence[Mapping[str, str]], seeds: Sequence[Any],
+                   sections: Sequence[str] | None = None) -> set[str]:
+    """Keys whose values differ among ``configs`` (from :func:`comparable_config`), leaving out keys that follow
+    the seed (``data.seed: ${seed}``: each run's value is its own seed); ``sections`` keeps only keys under them."""
+    keys = set().union(*configs) if configs else set()
+    if sections is not None:
+        keys = {k for k in keys if k.split(".")[0] in sections}
+    out = set()
+    for k in keys:
+        vals = [c.get(k) for c in configs]
+        if len(set(vals)) > 1 and not all(v == json.dumps(sd) for v, sd in zip(vals, seeds)):
+            out.add(k)
+    return out
+
+
+def _override_value(v: str | None) -> str:
+    """A :func:`comparable_config` value as a Hydra override writes it: ``0.05``, ``bf16-mixed``, ``null``."""
+    return "null" if v is None else (str(json.loads(v)) if v.startswith('"') else v)
+
+
+def _variant(row: str, keys: Sequence[str], config: Mapping[str, str]) -> str:
+    """``row [key=value, ...]`` (``Outlier Gradient (L1) [trim.budget=0.05]``); ``row`` itself without keys."""
+    if not keys:
+        return row
+    return f"{row} [" + ", ".join(f"{k}={_override_value(config.get(k))}" for k in keys) + "]"
+
+
+@dataclass
+class _Placed:
+    """A run that matched the table: its seed (``seed`` keys a cell's per-seed values, ``seed_value`` is the
+    recorded one), its comparable config and the (subtable, row, column, value) cells it fills, baseline rows apart."""
+
+    run: Run
+    seed: str
+    seed_value: Any
+    config: dict[str, str]
+    cells: list[tuple[str, str, str, float | None]]
+    baseline: list[tuple[str, str, str, float | None]]
+
+
+def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: Iterable[str] = ()) -> Summary:
+    """Group runs by (sub-table, row, column) over seeds; paper numbers alongside.
+
+    Runs that differ in any config key other than the seed (and the keys in :data:`IGNORED_CONFIG_KEYS`) never
+    share a cell: the row is split into variants labelled with the differing keys, ``"Outlier Gradient (L1)
+    [trim.budget=0.05]"``, each carrying the paper's numbers for the row. Splitting rather than refusing, because
+    this runs at the end of every sweep, where an error would leave no summary at all, and because every number
+    is then shown with the setting that produced it. Differences are found per cell, so keys that the table maps
+    to columns (a budget column, a dataset column) do not split a row; a baseline row (the untrimmed model, filled
+    from every run) compares only :data:`BASELINE_SECTIONS`. ``pool`` names keys whose differences are pooled on
+    purpose (e.g. seeds run on CPU at fp32 beside GPU bf16 ones); the summary lists them.
+    """
+    pool = set(pool)
+    paper_cells: dict[str, dict[str, dict[str, tuple[float | None, float | None]]]] = {}
     for sub, rows in table.paper.items():
         for row, (mean, std) in rows.items():
-            for i, col in enumerate(table.columns):
-                cells.setdefault(sub, {}).setdefault(row, {})[col] = Cell(
-                    mean[i], None if std is None else std[i]
-                )
-    selection: dict[str, set[str]] = {}
+            paper_cells.setdefault(sub, {})[row] = {
+                col: (mean[i], None if std is None else std[i]) for i, col in enumerate(table.columns)}
     unplaced: list[tuple[str, str]] = []
     ignored = 0
     machines: set[str] = set()
     dates: list[str] = []
-
-    def cell(sub: str, row: str, col: str) -> Cell:
-        return cells.setdefault(sub, {}).setdefault(row, {}).setdefault(col, Cell())
-
+    entries: list[_Placed] = []
     for run in runs:
         r = run.result
         if not table.matches(r):
@@ -383,20 +473,13 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "") -> Summ
             continue
         seed = str(r["seed"]) if r.get("seed") is not None else run.source
         placed = table.cells(r)
-        if run.failed:
-            for sub, row, col, _ in placed:
-                cell(sub, row, col).n_failed += 1
-            if not placed:
-                unplaced.append((run.source, _failure_note(r)))
+        if run.failed and not placed:
+            unplaced.append((run.source, _failure_note(r)))
             continue
-        for sub, row, col, value in placed + table.baseline_cells(r):
-            if value is not None:
-                cell(sub, row, col).per_seed.setdefault(seed, []).append(value)
-        if placed:
-            rule = str(r.get("selection", "unknown"))
-            if lookup(r, "config.retrain") is False:  # scores and AUC only: nothing was trimmed and retrained
-                rule = "detection"
-            selection.setdefault(rule, set()).add(placed[0][1])
+        entries.append(_Placed(run, seed, r.get("seed"), comparable_config(r), placed,
+                               [] if run.failed else table.baseline_cells(r)))
+        if run.failed:
+            continue
         versions = r.get("versions") or {}
         machine = r.get("machine") or versions.get("machine") or versions.get("device") or versions.get("platform")
         if machine:
@@ -405,14 +488,79 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "") -> Summ
         if date:
             dates.append(str(date))
 
+    # which keys split which row: differences among the finished runs of each cell
+    by_cell: dict[tuple[str, str, str, bool], list[tuple[dict[str, str], str]]] = {}
+    for e in entries:
+        if e.run.failed:
+            continue
+        for cells_of, is_base in ((e.cells, False), (e.baseline, True)):
+            for sub, row, col, value in cells_of:
+                if value is not None:
+                    by_cell.setdefault((sub, row, col, is_base), []).append((e.config, e.seed_value))
+    split: dict[tuple[str, str], set[str]] = {}
+    pooled: dict[str, set[str]] = {}
+    for (sub, row, _, is_base), members in by_cell.items():
+        confs, seeds = [c for c, _ in members], [sd for _, sd in members]
+        keys = differing_keys(confs, seeds, BASELINE_SECTIONS if is_base else None)
+        for k in keys & pool:
+            pooled.setdefault(k, set()).update(_override_value(c.get(k)) for c in confs)
+        if keys - pool:
+            split.setdefault((sub, row), set()).update(keys - pool)
+    split_keys = {k: sorted(v) for k, v in split.items()}
+
+    cells: dict[str, dict[str, dict[str, Cell]]] = {}
+
+    def cell(sub: str, base_row: str, row: str, col: str) -> Cell:
+        by_col = cells.setdefault(sub, {}).setdefault(row, {})
+        if col not in by_col:
+            paper = paper_cells.get(sub, {}).get(base_row, {}).get(col, (None, None))
+            by_col[col] = Cell(*paper)
+        return by_col[col]
+
+    for sub, rows in paper_cells.items():
+        for row, by_col in rows.items():
+            if (sub, row) not in split_keys:
+                for col in by_col:
+                    cell(sub, row, row, col)
+    selection: dict[str, set[str]] = {}
+    variants: dict[tuple[str, str], set[str]] = {}  # a split row -> its variant labels
+    for e in entries:
+        run, placed = e.run, e.cells
+        label = {(sub, row): _variant(row, split_keys.get((sub, row), ()), e.config)
+                 for sub, row, _, _ in placed + e.baseline}
+        for (sub, row), name in label.items():
+            if (sub, row) in split_keys:
+                variants.setdefault((sub, row), set()).add(name)
+        if run.failed:
+            for sub, row, col, _ in placed:
+                cell(sub, row, label[sub, row], col).n_failed += 1
+            continue
+        for sub, row, col, value in placed + e.baseline:
+            if value is not None:
+                cell(sub, row, label[sub, row], col).per_seed.setdefault(e.seed, []).append(value)
+        if placed:
+            rule = str(run.result.get("selection", "unknown"))
+            if lookup(run.result, "config.retrain") is False:  # scores and AUC only: nothing was trimmed and retrained
+                rule = "detection"
+            selection.setdefault(rule, set()).add(label[placed[0][0], placed[0][1]])
+    for sub, rows in paper_cells.items():  # a split paper row: every variant shows the paper's numbers
+        for row, by_col in rows.items():
+            for variant in variants.get((sub, row), ()):
+                for col in by_col:
+                    cell(sub, row, variant, col)
+
     columns = {}
     for sub, rows in cells.items():
         extra = sorted({c for row in rows.values() for c in row} - set(table.columns))
         columns[sub] = table.columns + extra
     ordered: dict[str, dict[str, dict[str, Cell]]] = {}
     for sub in list(table.paper) + sorted(set(cells) - set(table.paper)):
-        known = list(table.paper.get(sub, {}))
-        ordered[sub] = {row: cells[sub][row] for row in known + sorted(set(cells[sub]) - set(known))}
+        rows = cells.get(sub, {})
+        order: list[str] = []
+        for row in table.paper.get(sub, {}):
+            order += [row] if row in rows else sorted(variants.get((sub, row), ()))
+        order += sorted(set(rows) - set(order))
+        ordered[sub] = {row: rows[row] for row in order}
     return Summary(
         table=table,
         cells=ordered,
@@ -423,6 +571,10 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "") -> Summ
         machines=sorted(machines),
         newest=max(dates) if dates else None,
         command=command,
+        split={(sub, row): split_keys[sub, row] for sub in ordered
+               for row in dict.fromkeys([*table.paper.get(sub, {}), *sorted(r for s_, r in split_keys if s_ == sub)])
+               if (sub, row) in split_keys},
+        pooled={k: sorted(v) for k, v in sorted(pooled.items())},
     )
 
 
@@ -456,14 +608,21 @@ def _n_max(s: Summary) -> int:
     return max((c.n for rows in s.cells.values() for row in rows.values() for c in row.values()), default=0)
 
 
-def header_lines(s: Summary) -> list[str]:
+def header_lines(s: Summary, provenance: bool = False) -> list[str]:
+    """The lines above the table. ``provenance`` adds the machines and the newest result's time, which change
+    whenever the same sweep is rerun: written into a sweep's own folder, kept out of published summaries."""
     sel = "; ".join(f"{rule} ({_RULES.get(rule, rule)}): {', '.join(rows)}" for rule, rows in s.selection.items())
-    return [
-        f"Regenerate: `{s.command}`" if s.command else "Regenerate: (command not recorded)",
-        f"Machine: {', '.join(s.machines) or 'not recorded'}",
-        f"Newest result: {s.newest or 'not recorded'}",
-        f"Selection rule per row: {sel or 'no finished runs'}",
-    ]
+    lines = [f"Regenerate: `{s.command}`" if s.command else "Regenerate: (command not recorded)"]
+    if provenance:
+        lines += [f"Machine: {', '.join(s.machines) or 'not recorded'}", f"Newest result: {s.newest or 'not recorded'}"]
+    lines.append(f"Selection rule per row: {sel or 'no finished runs'}")
+    if s.split:
+        rows = "; ".join(f"{f'{sub} / ' if sub else ''}{row}: {', '.join(keys)}" for (sub, row), keys in s.split.items())
+        lines.append(f"Rows split into variants by the config keys that differ among their runs (besides the seed): {rows}")
+    if s.pooled:
+        keys = "; ".join(f"{k} ({', '.join(v)})" for k, v in s.pooled.items())
+        lines.append(f"Cells pool runs that differ in (--pool): {keys}")
+    return lines
 
 
 _RULES = {"budget": "top-k by score within the trim budget", "detector": "the detector's predicted outliers",
@@ -471,23 +630,30 @@ _RULES = {"budget": "top-k by score within the trim budget", "detector": "the de
           "identification": "every training prompt ranked per test prompt, no trimming"}
 
 
-def to_markdown(s: Summary) -> str:
+def to_markdown(s: Summary, provenance: bool = False) -> str:
+    """The summary as markdown; ``provenance`` as in :func:`header_lines`."""
     d, n_max = s.table.decimals, _n_max(s)
-    out = "\n\n".join(header_lines(s)).splitlines() + ["", f"## {s.table.key}", "", s.table.caption, ""]
-    out.append(
-        f"ours = mean ± std over seeds (n={n_max} unless noted); Δ = ours − paper; {DAGGER} = ours outside the "
-        "paper's mean ± 2 std (only where the paper gives a std)."
-    )
+    out = "\n\n".join(header_lines(s, provenance)).splitlines() + ["", f"## {s.table.key}", "", s.table.caption, ""]
+    if s.table.has_paper:
+        out.append(
+            f"ours = mean ± std over seeds (n={n_max} unless noted); Δ = ours − paper; {DAGGER} = ours outside the "
+            "paper's mean ± 2 std (only where the paper gives a std)."
+        )
+    else:
+        out.append(f"mean ± std over seeds (n={n_max} unless noted).")
     for sub, rows in s.cells.items():
         cols = s.columns[sub]
         out += ["", f"### {sub}", ""] if sub else [""]
-        out.append("| Method | " + " | ".join(f"{c} paper | {c} ours | {c} Δ" for c in cols) + " |")
-        out.append("|---|" + "---:|" * (3 * len(cols)))
+        per_col = 3 if s.table.has_paper else 1
+        header = (f"{c} paper | {c} ours | {c} Δ" if s.table.has_paper else c for c in cols)
+        out.append("| Method | " + " | ".join(header) + " |")
+        out.append("|---|" + "---:|" * (per_col * len(cols)))
         for row, by_col in rows.items():
             parts = []
             for col in cols:
                 c = by_col.get(col, Cell())
-                parts += [paper_text(c, d), ours_text(c, d, n_max), delta_text(c, d)]
+                ours = ours_text(c, d, n_max)
+                parts += [paper_text(c, d), ours, delta_text(c, d)] if s.table.has_paper else [ours]
             out.append(f"| {row} | " + " | ".join(parts) + " |")
     if s.table.notes:
         out += ["", f"Notes: {s.table.notes}"]
@@ -586,26 +752,110 @@ def to_png(s: Summary, path: Path | str) -> None:
     save_figure(fig, path, dpi=100, reproducible=True)
 
 
-def regenerate_command(inputs: Sequence[Path | str], table: str, out: Path | str) -> str:
+def regenerate_command(inputs: Sequence[Path | str], table: str | None, out: Path | str,
+                       pool: Sequence[str] = ()) -> str:
     """The CLI call that rebuilds these files (paths relative to the working directory where possible)."""
-    args = ["python", "experiments/summarize.py", *(_display(Path(p)) for p in inputs), "--table", table,
-            "--out", _display(output_stem(out))]
+    args = ["python", "experiments/summarize.py", *(_display(Path(p)) for p in inputs)]
+    args += ["--table", table] if table else []
+    args += [a for k in sorted(pool) for a in ("--pool", k)]
+    args += ["--out", _display(output_stem(out))]
     return shlex.join(args)
 
 
-def write_summary(inputs: Sequence[Path | str], table_key: str, out: Path | str,
-                  paper_dir: Path | str = PAPER_DIR) -> tuple[Summary, str]:
-    """Summarize ``inputs`` into ``out``.md/.csv/.tex/.png; returns the summary and its markdown."""
-    table = load_table(table_key, paper_dir)
-    summary = summarize(load_runs(inputs), table, regenerate_command(inputs, table_key, out))
+def ours_table(runs: Sequence[Run]) -> PaperTable:
+    """A table for runs that fill no paper table: rows = methods (split into variants by the config keys that
+    differ, as :func:`summarize` does), columns = every numeric metric the finished runs recorded."""
+    metrics = sorted({k for run in runs if not run.failed for k, v in (run.result.get("metrics") or {}).items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return PaperTable(
+        key="ours", caption="No paper table: our runs only (result.json metrics, unscaled).", columns=metrics,
+        paper={"": {}}, row=FieldSpec(paths=("method", "scorer")), subtable=None,
+        columns_map={m: FieldSpec(paths=(f"metrics.{m}",)) for m in metrics}, column=None, value=None,
+        baseline_rows={}, where={}, decimals=4, has_paper=False,
+    )
+
+
+class SummaryRegression(ValueError):
+    """Writing a summary would replace one that has finished cells the new one lacks."""
+
+
+def lost_cells(old_csv: str, new: Summary) -> list[str]:
+    """Cells of a summary's CSV with more finished seeds than ``new`` gives them: ``"row | column: n=5 -> n=1"``."""
+    new_cells = {(sub, row, col): c for sub, rows in new.cells.items() for row, by_col in rows.items()
+                 for col, c in by_col.items()}
+    lost = []
+    for rec in csv.DictReader(io.StringIO(old_csv)):
+        n_old = int(rec.get("n_seeds") or 0)
+        c = new_cells.get((rec["subtable"], rec["row"], rec["column"]))
+        n_new = c.n if c is not None else 0
+        if n_new < n_old:
+            now = f"n={n_new}" if n_new else ("not in the new summary" if c is None else c.status)
+            name = " / ".join(p for p in (rec["subtable"], rec["row"]) if p)
+            lost.append(f"{name} | {rec['column']}: n={n_old} -> {now}")
+    return lost
+
+
+def _check_replace(stem: Path, summary: Summary) -> None:
+    old_md, old_csv = Path(f"{stem}.md"), Path(f"{stem}.csv")
+    if not old_md.exists() and not old_csv.exists():
+        return
+    if not old_csv.exists():
+        raise SummaryRegression(f"{old_md} exists but {old_csv} does not, so its finished cells cannot be compared "
+                                "with the new summary; nothing written (--force replaces it)")
+    lost = lost_cells(old_csv.read_text(), summary)
+    if lost:
+        shown = "\n  ".join(lost[:20]) + (f"\n  ... and {len(lost) - 20} more" if len(lost) > 20 else "")
+        raise SummaryRegression(
+            f"{old_md} has {len(lost)} cell(s) with more finished seeds than the new summary gives them; nothing "
+            f"written:\n  {shown}\n"
+            "Pass --force to replace it anyway, or write the new summary elsewhere with --out.")
+
+
+def write_summary(inputs: Sequence[Path | str], table_key: str | None, out: Path | str,
+                  paper_dir: Path | str = PAPER_DIR, *, force: bool = False, provenance: bool = False,
+                  pool: Sequence[str] = ()) -> tuple[Summary, str]:
+    """Summarize ``inputs`` into ``out``.md/.csv/.tex/.png (``.md``/``.csv`` only without a paper table).
+
+    Args:
+        inputs: multirun folders (searched recursively) or result.json files.
+        table_key: ``<paper>.<table>`` from ``conf/paper``; None = :func:`ours_table`.
+        out: output path without suffix.
+        paper_dir: folder of the ``<paper>.yaml`` files.
+        force: replace an existing summary even where it has finished cells the new one lacks.
+        provenance: add the volatile lines (machines, newest result time); for a sweep's own folder.
+        pool: config keys whose differences may share a cell (see :func:`summarize`).
+
+    Returns:
+        The summary and its markdown.
+
+    Raises:
+        SummaryRegression: without ``force``, when ``out`` holds a summary with a cell that has more finished
+            seeds than the new one gives it (each such cell is named); nothing is written then.
+    """
+    runs = load_runs(inputs)
+    table = load_table(table_key, paper_dir) if table_key else ours_table(runs)
+    summary = summarize(runs, table, regenerate_command(inputs, table_key, out, pool), pool)
     stem = output_stem(out)
+    if not force:
+        _check_replace(stem, summary)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(summary)
+    md = to_markdown(summary, provenance)
     Path(f"{stem}.md").write_text(md)
     Path(f"{stem}.csv").write_text(to_csv(summary))
-    Path(f"{stem}.tex").write_text(to_latex(summary))
-    to_png(summary, f"{stem}.png")
+    if table.has_paper:
+        Path(f"{stem}.tex").write_text(to_latex(summary))
+        to_png(summary, f"{stem}.png")
     return summary, md
+
+
+def list_tables(paper_dir: Path | str = PAPER_DIR) -> list[tuple[str, str]]:
+    """``(key, caption)`` of every table in ``conf/paper/*.yaml`` that can be summarized (has an ``ours:`` block)."""
+    out = []
+    for path in sorted(Path(paper_dir).glob("*.yaml")):
+        for name, body in (yaml.safe_load(path.read_text()) or {}).items():
+            if isinstance(body, Mapping) and "ours" in body and "columns" in body:
+                out.append((f"{path.stem}.{name}", " ".join(str(body.get("caption", "")).split())))
+    return out
 
 
 def output_stem(out: Path | str) -> Path:

@@ -3,7 +3,8 @@
 A batch is a dict. Keys every datamodule fills:
   ``index``        int64 [B]  position of the sample in its split (stable across subsetting)
   ``label``        int64 [B]  the label the model is trained on (possibly noisy)
-  ``clean_label``  int64 [B]  the true label where known (equal to ``label`` where unknown)
+  ``clean_label``  int64 [B]  the true label where known (equal to ``label`` where unknown; a datamodule whose
+                              clean labels are unknown says so with ``has_clean_labels = False``)
 plus the model's inputs under keys the matching model reads (``x`` for tensors, ``input_ids`` ... for text).
 """
 
@@ -84,6 +85,10 @@ class NoisyLabelDataModule(pl.LightningDataModule):
     #: False where items carry no class labels (causal-LM corpora): label-noise detection metrics
     #: (precision, recall, detection AUC against the noise mask) mean nothing there and are not reported
     has_label_noise: bool = True
+    #: False where the training split's clean labels are unknown (a user's own data without a clean-label column):
+    #: ``clean_label`` repeats ``label``, so there is no noise mask, ``trim.budget=n_noisy`` is refused and no
+    #: detection metrics are reported
+    has_clean_labels: bool = True
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
                  seed: int = 0, keep: Sequence[int] | None = None, name: str | None = None):
@@ -171,8 +176,15 @@ class NoisyLabelDataModule(pl.LightningDataModule):
 
     # -- noise ------------------------------------------------------------------------------------
     @property
+    def has_noise_mask(self) -> bool:
+        """Whether :attr:`noise_mask` means anything: class labels with known clean labels."""
+        return bool(self.has_label_noise and self.has_clean_labels)
+
+    @property
     def noise_mask(self) -> np.ndarray:
         """Boolean [n_train]: True where the given label differs from the clean label (current train split)."""
+        if not self.has_clean_labels:
+            raise ValueError(f"{self.name}: clean labels are unknown, so there is no noise mask")
         self.setup()
         return self.train_set.column("label") != self.train_set.column("clean_label")
 
