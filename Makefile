@@ -46,7 +46,7 @@ tables: table1  ## every paper table that runs on this machine (CPU: OGA Table 1
 table2-cifar10n: setup  ## GPU: OGA Table 2 analog (CIFAR-10N worst + aggregate, ResNet-34, 10 epochs, 7 methods)
 	$(BIN)/gradsift-run -m experiment=table2_cifar10n_fast hydra/launcher=joblib hydra.launcher.n_jobs=4 \
 		torch_threads=4 trainer.enable_progress_bar=false trainer.max_epochs=10 data.batch_size=512 \
-		data.eval_batch_size=1024 model.lr=0.4 seed=0 data.noise=worst,aggregate \
+		data.eval_batch_size=1024 model.optimizer.lr=0.4 seed=0 data.noise=worst,aggregate \
 		scorer=iforest,l2,l1,tracin,datainf,normalized_margin,self_confidence hydra.sweep.dir=multirun/gpu_table2
 	$(BIN)/gradsift-summarize multirun/gpu_table2 --table oga.table2_cifar_n_resnet34 \
 		--out multirun_summaries/table2_cifar10n_jpeg_resnet34

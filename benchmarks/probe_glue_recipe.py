@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 
 import numpy as np
 import pytorch_lightning as pl
@@ -52,7 +53,8 @@ def main() -> None:
     dm.setup()
     labels = np.asarray([dm.val_set[i]["label"] for i in range(len(dm.val_set))])
     majority = float(max(labels.mean(), 1 - labels.mean()))
-    model = SequenceClassifier(model=args.model, lora_rank=args.rank, target_modules=args.targets, lr=args.lr,
+    model = SequenceClassifier(model=args.model, lora_rank=args.rank, target_modules=args.targets,
+                               optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0),
                                pooling=args.pooling, seed=args.seed)
     info = {"task": args.task, "lr": args.lr, "targets": args.targets, "rank": args.rank, "pooling": args.pooling,
             "seed": args.seed}

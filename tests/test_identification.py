@@ -49,7 +49,7 @@ def test_each_scorer_answers_for_its_own_matrix():
 
 TINY = ["model=tiny_gpt2", "data.generate=true", "data.num_classes=3", "data.train_per_class=6",
         "data.test_per_class=2", "data.batch_size=6", "data.eval_batch_size=6", "data.max_length=96",
-        "trainer=default", "trainer.max_epochs=2", "model.lr=3e-3", "torch_threads=1"]
+        "trainer=default", "trainer.max_epochs=2", "model.optimizer.lr=3e-3", "torch_threads=1"]
 
 
 def _compose(tmp_path, *extra):

@@ -55,7 +55,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 def _overrides(tiny: dict[str, Path], tmp_path: Path) -> list[str]:
     return [f"paths.data_dir={tiny['root']}", f"paths.cache_dir={tmp_path / 'cache'}", "data.source=local",
             f"data.tokenizer={tiny['tok']}", "data.max_length=32", "data.val_size=10", "data.batch_size=16",
-            "model.model=null", f"+model.config={TINY_ROBERTA}", "model.lr=0.01",
+            "model.model=null", f"+model.config={TINY_ROBERTA}", "model.optimizer.lr=0.01",
             "trainer.max_epochs=2", "trainer.precision=32", "trainer.accelerator=cpu", "trainer.benchmark=false",
             "torch_threads=1"]
 

@@ -35,7 +35,7 @@ def test_table3_preset_runs_end_to_end_on_tiny_data(scorer, tmp_path):
 
 def test_wikitext_preset_composes_for_the_gpu(shared_data):
     cfg = _cfg("dropout_table3_wikitext_retrain", [f"paths.data_dir={shared_data}"])
-    assert cfg.model.lora_rank is None and cfg.model.lr == 5e-5 and cfg.data.n_train == 2000
+    assert cfg.model.lora_rank is None and cfg.model.optimizer.lr == 5e-5 and cfg.data.n_train == 2000
     assert cfg.trim.remove == "beneficial" and cfg.attribution.reference == "test" and cfg.trainer.max_epochs == 3
 
 
@@ -69,7 +69,7 @@ def test_owt_presets_compose_with_the_papers_recipe(experiment):
     cfg = _cfg(experiment, [])
     hub_name, _, _ = OWT_PRESETS[experiment]
     assert cfg.model.model == hub_name and cfg.model.lora_rank is None
-    assert cfg.model.lr == 2e-5 and cfg.model.weight_decay == 0.01 and cfg.trainer.max_epochs == 1
+    assert cfg.model.optimizer.lr == 2e-5 and cfg.model.optimizer.weight_decay == 0.01 and cfg.trainer.max_epochs == 1
     assert cfg.data.corpus == "openwebtext" and cfg.data.n_train == 2000 and cfg.data.seq_len == 128
     assert cfg.data.batch_size == 16 and cfg.compressor.r == 512 and cfg.trim.remove == "beneficial"
     assert cfg.attribution.reference == "test"

@@ -25,7 +25,7 @@ $PY -c "from gradsift.data.cifar_n import read_jpeg_archive as r; import os; d=r
 echo "decode done $(( $(date +%s) - T0 )) s" | tee -a $OUT/progress.txt
 J="hydra/launcher=joblib torch_threads=4 trainer.enable_progress_bar=false"  # + hydra.launcher.n_jobs per sweep
 # the 10-epoch recipe of the committed Table 2 run (docs/results/cifar.md)
-R="data.source=jpeg trainer.max_epochs=10 data.batch_size=512 data.eval_batch_size=1024 model.lr=0.4"
+R="data.source=jpeg trainer.max_epochs=10 data.batch_size=512 data.eval_batch_size=1024 model.optimizer.lr=0.4"
 : > $OUT/command.txt
 sweep() {  # name overrides... : one Hydra multirun, cut at the script's time limit
   local name=$1; shift
@@ -75,7 +75,7 @@ case "$MODE" in
     DIRS="multirun/gpu_dt2 multirun/gallery_worst_l2" ;;
   clean)
     # the untrimmed model on the clean CIFAR-10 labels (detection-only: retrain=false; the L2 scores are a by-product)
-    C="$J hydra.launcher.n_jobs=${NJOBS:-2} data.source=jpeg data.batch_size=512 data.eval_batch_size=1024 model.lr=0.4 seed=$SEEDS data.noise=clean scorer=l2 retrain=false"
+    C="$J hydra.launcher.n_jobs=${NJOBS:-2} data.source=jpeg data.batch_size=512 data.eval_batch_size=1024 model.optimizer.lr=0.4 seed=$SEEDS data.noise=clean scorer=l2 retrain=false"
     sweep gpu_clean/resnet34 experiment=table2_cifar10n_fast $C trainer.max_epochs=10,18 &
     sweep gpu_clean/resnet18 experiment=table9_resnet18 $C trainer.max_epochs=10,18 &
     wait

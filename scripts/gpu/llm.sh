@@ -25,8 +25,8 @@ if [ -n "$P1" ]; then
   T3M=(model.model=/tmp/smol); WTM=(model.model=/tmp/smol)
 else  # fallback (ii): GPT-2-sized configs trained from scratch with a BPE trained on the data
   echo "FALLBACK: SmolLM2 unavailable; GPT-2 configs from scratch" | tee $OUT/fallback.txt
-  T3M=(model=tiny_gpt2 model.config.n_layer=6 model.config.n_embd=384 model.config.n_head=6 model.config.vocab_size=4096 data.tokenizer_vocab_size=4096 model.lr=1e-3 model.lora_rank=8)
-  WTM=(model=tiny_gpt2 model.config.n_layer=6 model.config.n_embd=384 model.config.n_head=6 model.config.vocab_size=8192 data.tokenizer_vocab_size=8192 model.lr=5e-4
+  T3M=(model=tiny_gpt2 model.config.n_layer=6 model.config.n_embd=384 model.config.n_head=6 model.config.vocab_size=4096 data.tokenizer_vocab_size=4096 model.optimizer.lr=1e-3 model.lora_rank=8)
+  WTM=(model=tiny_gpt2 model.config.n_layer=6 model.config.n_embd=384 model.config.n_head=6 model.config.vocab_size=8192 data.tokenizer_vocab_size=8192 model.optimizer.lr=5e-4
        "gradients.parameters=['h\.\d+\.(attn|mlp)\.c_\w+\.weight']")
 fi
 stamp "model ready"

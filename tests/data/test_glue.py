@@ -209,4 +209,4 @@ def test_configs_compose(task):
             dm = instantiate(cfg.data)
             assert (dm.task, dm.seed, dm.tokenizer_name, dm.noise_fraction) == (task, 3, cfg.model.model, 0.2)
             assert dm.train_size == (4500 if task in ("sst2", "qqp", "qnli", "cola") else None)
-            assert get_class(cfg.model._target_) is not None and cfg.model.lr == 3e-4
+            assert get_class(cfg.model._target_) is not None and cfg.model.optimizer.lr == 3e-4

@@ -1,10 +1,13 @@
 import inspect
 import math
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -78,7 +81,8 @@ def test_full_model_per_sample_gradients_match_torch_func(dm, arch):
 
 
 def test_test_perplexity_and_training(dm):
-    model = CausalLM(model=None, config=TINY["gpt2"][0], lr=1e-3)
+    model = CausalLM(model=None, config=TINY["gpt2"][0],
+                     optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01))
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     with torch.no_grad():
@@ -110,15 +114,19 @@ def test_bad_arguments():
 @pytest.mark.parametrize("name", ["gpt2", "pythia_1b4", "llama3_2_1b", "llama2_13b_chat_lora", "smollm2_135m",
                                   "tiny_gpt2"])
 def test_model_configs_match_the_signature(name):
-    cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    cfg = _compose_model(name)
     keys = {k for k in cfg if k != "_target_"}
     assert cfg._target_ == "gradsift.models.causal_lm.CausalLM"
     assert keys <= set(inspect.signature(CausalLM).parameters)
 
 
+def _compose_model(name: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[f"model={name}"]).model
+
+
 def test_tiny_gpt2_config_instantiates_and_fits_the_bpe(dm):
-    cfg = OmegaConf.load(CONF / "model" / "tiny_gpt2.yaml")
-    cfg.seed = 0
+    cfg = _compose_model("tiny_gpt2")
     model = instantiate(cfg)
     assert len(dm.tokenizer) <= cfg.config.vocab_size
     assert model.per_sample_loss(next(iter(dm.attribution_dataloader("train")))).shape == (3,)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch.optim.lr_scheduler import MultiStepLR, OneCycleLR
 
 from gradsift.attribution.gradients import PerSampleGradients, select_parameters
 from gradsift.data.cifar_n import CIFARNDataModule
 from gradsift.models.image_classifier import ImageClassifier
+from gradsift.models.optim import linear_warmup_decay
 from gradsift.models.resnet import resnet9, resnet18, resnet34
 
 
@@ -67,12 +70,18 @@ def test_last_layer_per_sample_gradients_match_loop():
                                    rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("schedule", ["multistep", "onecycle", "linear"])
+SCHEDULES = {"multistep": partial(MultiStepLR, milestones=[0.5]), "onecycle": partial(OneCycleLR, pct_start=0.25),
+             "linear": partial(linear_warmup_decay, warmup=0.25)}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
 def test_schedules_follow_training_length(schedule):
-    module = ImageClassifier(resnet9(), lr=0.4, schedule=schedule, milestones=(0.5,), warmup_fraction=0.25)
+    module = ImageClassifier(resnet9(), optimizer=partial(torch.optim.SGD, lr=0.4, momentum=0.9),
+                             scheduler=SCHEDULES[schedule])
     module.trainer = type("T", (), {"estimated_stepping_batches": 100})()
     conf = module.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
     lrs = []
     for _ in range(100):
         lrs.append(opt.param_groups[0]["lr"])
@@ -82,11 +91,6 @@ def test_schedules_follow_training_length(schedule):
         assert lrs[49] == pytest.approx(0.4) and lrs[50] == pytest.approx(0.04)
     else:
         assert max(lrs) == pytest.approx(0.4, rel=1e-3) and int(np.argmax(lrs)) in (24, 25) and lrs[-1] < 0.02
-
-
-def test_bad_schedule_names_the_key():
-    with pytest.raises(ValueError, match="model.schedule"):
-        ImageClassifier(resnet9(), schedule="sawtooth")
 
 
 def _fake_cifar(root: Path) -> None:
@@ -107,7 +111,8 @@ def test_fast_dev_run_on_fake_cifar(tmp_path):
     """One train/val/test step of ResNet-9 on a fake CIFAR folder through pytorch_lightning.Trainer (CPU)."""
     _fake_cifar(tmp_path)
     dm = CIFARNDataModule(data_dir=str(tmp_path), download=False, val_size=10, batch_size=8, eval_batch_size=8)
-    model = ImageClassifier(resnet9(num_classes=10), lr=0.05, schedule="onecycle", channels_last=True)
+    model = ImageClassifier(resnet9(num_classes=10), optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+                            scheduler=partial(OneCycleLR, pct_start=0.25), channels_last=True)
     trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=dm)

@@ -1,7 +1,10 @@
 
+from functools import partial
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import torch
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
@@ -84,7 +87,8 @@ def test_tiny_end_to_end_influential_data_identification(tmp_path):
     dm = LLMBenchmarkDataModule("grammars", generate=True, num_classes=3, train_per_class=6, test_per_class=2,
                                 batch_size=6, max_length=96, tokenizer_vocab_size=384)
     dm.setup()
-    model = CausalLM(model=None, lora_rank=4, target_modules=["c_attn"], lr=3e-3,
+    model = CausalLM(model=None, lora_rank=4, target_modules=["c_attn"],
+                     optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.01),
                      config=dict(model_type="gpt2", n_layer=2, n_embd=32, n_head=2, vocab_size=384,
                                  n_positions=128, bos_token_id=0, eos_token_id=0))
     pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -9,6 +9,7 @@ right-padded, ``labels`` = -100 on prompt tokens and padding.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,6 +20,7 @@ from torchmetrics.text import Perplexity
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from gradsift.hub import pretrained_source
+from gradsift.models.optim import OptimizerFactory, SchedulerFactory, TrainingRecipe
 
 
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +30,7 @@ def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return nll.sum(-1), (shift_labels != -100).sum(-1)
 
 
-class CausalLM(pl.LightningModule):
+class CausalLM(TrainingRecipe, pl.LightningModule):
     """``AutoModelForCausalLM`` (optionally wrapped with PEFT LoRA) with a response-only NLL loss.
 
     Attributable through ``per_sample_loss`` alone: it has no class ``logits``, so it is a plain LightningModule,
@@ -37,14 +39,18 @@ class CausalLM(pl.LightningModule):
     ``model`` is a hub name, a directory or a packaged alias (``smollm2_135m``, models/pretrained_lm.py); ``config`` (a
     ``PretrainedConfig`` or a dict with ``model_type``) instead builds a random model without download, for tests.
     ``lora_rank=None`` means full fine-tuning; otherwise LoRA on ``target_modules`` (query/value: ``c_attn`` for
-    GPT-2, ``query_key_value`` for GPT-NeoX, ``q_proj``/``v_proj`` for Llama).
+    GPT-2, ``query_key_value`` for GPT-NeoX, ``q_proj``/``v_proj`` for Llama). ``optimizer``/``scheduler``/
+    ``scheduler_interval``/``no_weight_decay``: the training recipe (:mod:`gradsift.models.optim`), by default AdamW
+    without a schedule.
     """
 
     def __init__(self, model: str | None = "gpt2", config: PretrainedConfig | Mapping[str, Any] | None = None,
                  lora_rank: int | None = None, lora_alpha: float | None = None, lora_dropout: float = 0.05,
-                 target_modules: Sequence[str] = ("c_attn",), lr: float = 5e-5, weight_decay: float = 0.01,
-                 dtype: str = "float32", attn_implementation: str | None = "eager",
-                 gradient_checkpointing: bool = False, seed: int = 0):
+                 target_modules: Sequence[str] = ("c_attn",),
+                 optimizer: OptimizerFactory = partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.01),
+                 scheduler: SchedulerFactory | None = None, scheduler_interval: str = "step",
+                 no_weight_decay: Sequence[str] = (), dtype: str = "float32",
+                 attn_implementation: str | None = "eager", gradient_checkpointing: bool = False, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["config"])
         if (model is None) == (config is None):
@@ -107,8 +113,3 @@ class CausalLM(pl.LightningModule):
         logits = self(batch)
         self.test_perplexity.update(logits[:, :-1].float(), batch["labels"][:, 1:])
         self.log("test/perplexity", self.test_perplexity, on_step=False, on_epoch=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -3,7 +3,9 @@
 The setup of OGA Appendix B.2.2 and Table 8 of the dropout paper: PEFT LoRA on every attention value matrix,
 rank 4 (2 or 8 in the dropout paper), dropout 0.05, AdamW lr 3e-4 without weight decay, linear schedule, batch 32,
 10 epochs. As in DataInf, ``lora_alpha`` defaults to the rank and the classification head is trained too
-(``train_head``); attribution can still be restricted to the adapters with ``parameters: lora``.
+(``train_head``); attribution can still be restricted to the adapters with ``parameters: lora``. The recipe is
+``optimizer``/``scheduler``/``scheduler_interval``/``no_weight_decay`` (:mod:`gradsift.models.optim`), by default
+AdamW and a linear decay after a 6% linear warm-up (transformers' ``get_linear_schedule_with_warmup``).
 
 ``pooling``: ``cls`` (the transformers head: BERT reads [CLS] through its pretrained ``pooler``, RoBERTa's head
 reads [CLS]) or ``mean`` (the head reads the attention-masked mean of the last hidden states instead; BERT's
@@ -14,17 +16,19 @@ pooler is skipped). Sentence-transformers checkpoints such as all-MiniLM-L6-v2 w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, get_scheduler
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
 
 from gradsift.models.base import GradsiftModule
 from gradsift.hub import resolve_model
+from gradsift.models.optim import OptimizerFactory, SchedulerFactory, TrainingRecipe, linear_warmup_decay
 
 
-class SequenceClassifier(GradsiftModule):
+class SequenceClassifier(TrainingRecipe, GradsiftModule):
     """``AutoModelForSequenceClassification`` + LoRA adapters; ``logits(batch)`` reads the tokenizer's keys.
 
     ``model`` is a name for :func:`gradsift.hub.resolve_model` (``minilm``, ``roberta-large``, a
@@ -34,8 +38,10 @@ class SequenceClassifier(GradsiftModule):
 
     def __init__(self, model: str | None = "minilm", config: PretrainedConfig | Mapping[str, Any] | None = None,
                  num_labels: int = 2, lora_rank: int = 4, lora_alpha: float | None = None, lora_dropout: float = 0.05,
-                 target_modules: Sequence[str] = ("value",), train_head: bool = True, lr: float = 3e-4,
-                 weight_decay: float = 0.0, scheduler: str | None = "linear", warmup_ratio: float = 0.06,
+                 target_modules: Sequence[str] = ("value",), train_head: bool = True,
+                 optimizer: OptimizerFactory = partial(torch.optim.AdamW, lr=3e-4, weight_decay=0.0),
+                 scheduler: SchedulerFactory | None = partial(linear_warmup_decay, warmup=0.06),
+                 scheduler_interval: str = "step", no_weight_decay: Sequence[str] = (),
                  attn_implementation: str | None = None, pooling: str = "cls", seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["config"])
@@ -44,8 +50,6 @@ class SequenceClassifier(GradsiftModule):
                              f"(a PretrainedConfig or dict with model_type); got model={model!r}, config={config!r}")
         if pooling not in ("cls", "mean"):
             raise ValueError(f"model.pooling must be 'cls' or 'mean', got {pooling!r}")
-        if scheduler not in (None, "linear"):
-            raise ValueError(f"model.scheduler must be 'linear' or null, got {scheduler!r}")
         lora = LoraConfig(task_type="SEQ_CLS", r=lora_rank, lora_alpha=lora_alpha or lora_rank,
                           lora_dropout=lora_dropout, target_modules=list(target_modules))
         with torch.random.fork_rng(devices=[]):
@@ -78,17 +82,6 @@ class SequenceClassifier(GradsiftModule):
         weights = mask.to(hidden.dtype)[:, :, None]
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return _head(task_model, pooled)
-
-    def configure_optimizers(self) -> Any:
-        """AdamW over the trainable parameters, with a linear warmup / decay schedule unless ``scheduler`` is None."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.scheduler is None:
-            return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        schedule = get_scheduler("linear", optimizer, num_warmup_steps=int(self.hparams.warmup_ratio * total),
-                                 num_training_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 MEAN_POOLING_HEADS = {"bert", "roberta"}  # classifier heads whose layers _head knows (tests/models)

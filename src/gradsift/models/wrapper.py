@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsift.models.base import GradsiftModule
+from gradsift.models.optim import OptimizerFactory, SchedulerFactory, TrainingRecipe
 
 #: loss names accepted by ``model.loss``: per-sample losses of (logits [B, C], target [B])
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -26,7 +27,7 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-class TorchModule(GradsiftModule):
+class TorchModule(TrainingRecipe, GradsiftModule):
     """Wrap ``module`` (an ``nn.Module`` whose outputs are class logits) for attribution and training.
 
     Args:
@@ -38,13 +39,15 @@ class TorchModule(GradsiftModule):
         inputs: batch key(s) of the module's inputs (``x`` for :class:`gradsift.data.generic.ArrayDataModule`),
             or ``{argument name: batch key}``.
         target: batch key of the training labels.
-        optimizer: an optimizer factory called with the parameters (a config's ``_target_: torch.optim.Adam``,
-            ``_partial_: true``); None = ``Adam(lr=1e-3)``.
+        optimizer, scheduler, scheduler_interval, no_weight_decay: the training recipe, as every gradsift model
+            takes it (:mod:`gradsift.models.optim`; ``model/optimizer=...``, ``model/scheduler=...``).
     """
 
     def __init__(self, module: nn.Module, loss: str | Callable = "cross_entropy",
                  inputs: str | Sequence[str] | Mapping[str, str] = "x", target: str = "label",
-                 optimizer: Callable[..., torch.optim.Optimizer] | None = None):
+                 optimizer: OptimizerFactory = functools.partial(torch.optim.Adam, lr=1e-3),
+                 scheduler: SchedulerFactory | None = None, scheduler_interval: str = "step",
+                 no_weight_decay: Sequence[str] = ()):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"model.module must be an nn.Module (or a _target_ building one), got {type(module).__name__}")
@@ -54,12 +57,11 @@ class TorchModule(GradsiftModule):
             loss = LOSSES[loss]
         if not callable(loss):
             raise TypeError(f"model.loss must be a loss name or a callable, got {type(loss).__name__}")
-        self.save_hyperparameters(ignore=["module", "loss", "optimizer"])
+        self.save_hyperparameters(ignore=["module", "loss"])
         self.net = module
         self.loss_fn = loss
         self.inputs = dict(inputs) if isinstance(inputs, Mapping) else [inputs] if isinstance(inputs, str) else list(inputs)
         self.target = target
-        self.optimizer_factory = optimizer
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.net(*args, **kwargs)
@@ -86,11 +88,6 @@ class TorchModule(GradsiftModule):
         self.log(f"{stage}/loss", self._loss(logits, target).mean(), batch_size=n, sync_dist=True)
         self.log(f"{stage}/acc", (logits.argmax(-1) == target).float().mean(), prog_bar=True, batch_size=n,
                  sync_dist=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.optimizer_factory is None:
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
-        return self.optimizer_factory(self.parameters())
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Also accepts the wrapped module's own keys (``0.weight``): they are read as ``net.0.weight``."""
