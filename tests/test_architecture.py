@@ -18,7 +18,7 @@ PACKAGE = SRC / "gradsift"
 #: layer of every module, by the longest matching dotted prefix
 LAYERS = {
     "gradsift": "base", "gradsift.lazy": "base", "gradsift.resolvers": "base", "gradsift.hub": "base",
-    "gradsift.cache": "base", "gradsift.conf": "base",
+    "gradsift.cache": "base", "gradsift.conf": "base", "gradsift.fetch": "base", "gradsift.carry": "base",
     "gradsift.data": "data",
     "gradsift.models": "models",
     "gradsift.attribution": "attribution",

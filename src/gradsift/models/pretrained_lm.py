@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from gradsift.hub import pretrained_source
+from gradsift.models.pretrained import save_bf16
 
 SHARD_LIMIT = 60 * 2**20  # bytes
 
@@ -33,8 +34,6 @@ def export_smollm2(out_dir: str | Path, max_shard_size: int = SHARD_LIMIT) -> li
 
     Returns ``[(file name, bytes)]`` of everything written, so callers can check the per-call transfer limit.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     gguf_model, tok = load_smollm2(torch.bfloat16)
     # a model loaded from GGUF is flagged as quantized and refuses save_pretrained: copy it into a plain one
     config = gguf_model.config
@@ -42,9 +41,7 @@ def export_smollm2(out_dir: str | Path, max_shard_size: int = SHARD_LIMIT) -> li
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(gguf_model.state_dict())
-    model.save_pretrained(out, max_shard_size=max_shard_size, safe_serialization=True)
-    tok.save_pretrained(out)
-    return sorted((f.name, f.stat().st_size) for f in out.iterdir() if f.is_file())
+    return save_bf16(model, tok, out_dir, max_shard_size)
 
 
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel,

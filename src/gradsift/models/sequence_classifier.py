@@ -7,10 +7,13 @@ rank 4 (2 or 8 in the dropout paper), dropout 0.05, AdamW lr 3e-4 without weight
 ``optimizer``/``scheduler``/``scheduler_interval``/``no_weight_decay`` (:mod:`gradsift.models.optim`), by default
 AdamW and a linear decay after a 6% linear warm-up (transformers' ``get_linear_schedule_with_warmup``).
 
-``pooling``: ``cls`` (the transformers head: BERT reads [CLS] through its pretrained ``pooler``, RoBERTa's head
-reads [CLS]) or ``mean`` (the head reads the attention-masked mean of the last hidden states instead; BERT's
-pooler is skipped). Sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained mean-pooled, and the
-``pooler`` weights they ship were never trained with them.
+``pooling``: ``cls`` (the transformers head: BERT reads [CLS] through its pretrained ``pooler``, RoBERTa's and
+MPNet's heads read the first token) or ``mean`` (the head reads the attention-masked mean of the last hidden states instead; BERT's
+pooler is skipped). Sentence-transformers checkpoints such as all-MiniLM-L6-v2 and all-mpnet-base-v2 were trained
+mean-pooled, and the ``pooler`` weights they ship were never trained with them.
+
+``target_modules`` takes the BERT/RoBERTa names ``query``, ``key``, ``value`` for every architecture in
+:data:`LORA_TARGET_ALIASES` (MPNet calls them ``q``, ``k``, ``v``), or any module names peft accepts.
 """
 
 from __future__ import annotations
@@ -50,12 +53,13 @@ class SequenceClassifier(TrainingRecipe, GradsiftModule):
                              f"(a PretrainedConfig or dict with model_type); got model={model!r}, config={config!r}")
         if pooling not in ("cls", "mean"):
             raise ValueError(f"model.pooling must be 'cls' or 'mean', got {pooling!r}")
-        lora = LoraConfig(task_type="SEQ_CLS", r=lora_rank, lora_alpha=lora_alpha or lora_rank,
-                          lora_dropout=lora_dropout, target_modules=list(target_modules))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the new head and the LoRA A matrices come from the seed, not the global RNG
-            self.net = get_peft_model(build_backbone(model, config, num_labels, attn_implementation), lora)
-        model_type = self.net.base_model.model.config.model_type
+            backbone = build_backbone(model, config, num_labels, attn_implementation)
+            lora = LoraConfig(task_type="SEQ_CLS", r=lora_rank, lora_alpha=lora_alpha or lora_rank,
+                              lora_dropout=lora_dropout, target_modules=lora_targets(backbone, target_modules))
+            self.net = get_peft_model(backbone, lora)
+        model_type = backbone.config.model_type
         if pooling == "mean" and model_type not in MEAN_POOLING_HEADS:
             raise ValueError(f"model.pooling=mean is implemented for {sorted(MEAN_POOLING_HEADS)} heads, not "
                              f"{model_type!r}; use model.pooling=cls")
@@ -84,7 +88,25 @@ class SequenceClassifier(TrainingRecipe, GradsiftModule):
         return _head(task_model, pooled)
 
 
-MEAN_POOLING_HEADS = {"bert", "roberta"}  # classifier heads whose layers _head knows (tests/models)
+MEAN_POOLING_HEADS = {"bert", "roberta", "mpnet"}  # classifier heads whose layers _head knows (tests/models)
+
+#: model_type -> {BERT/RoBERTa attention name: this architecture's module name}
+LORA_TARGET_ALIASES: dict[str, dict[str, str]] = {"mpnet": {"query": "q", "key": "k", "value": "v"}}
+
+
+def lora_targets(backbone: torch.nn.Module, names: Sequence[str]) -> list[str]:
+    """``model.target_modules`` in the backbone's own module names (aliases mapped); each must name a module."""
+    model_type = backbone.config.model_type
+    aliases = LORA_TARGET_ALIASES.get(model_type, {})
+    targets = [aliases.get(n, n) for n in names]
+    modules = [name for name, _ in backbone.named_modules()]
+    unknown = [n for n, t in zip(names, targets) if not any(m == t or m.endswith("." + t) for m in modules)]
+    if unknown:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in backbone.named_modules()
+                         if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"model.target_modules {unknown} name no module of this {model_type!r} model; its linear "
+                         f"layers are named {linear}" + (f" (aliases: {aliases})" if aliases else ""))
+    return targets
 
 
 def _head(task_model: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
@@ -92,7 +114,8 @@ def _head(task_model: torch.nn.Module, pooled: torch.Tensor) -> torch.Tensor:
     head = task_model.classifier  # PEFT wraps it (ModulesToSaveWrapper) to train a copy; the wrapper dispatches
     if isinstance(getattr(head, "original_module", head), torch.nn.Linear):  # BERT-style: dropout, linear
         return head(task_model.dropout(pooled))
-    # RoBERTa-style heads take [B, L, H] and read position 0 themselves (dropout, dense, tanh, dropout, out_proj)
+    # RoBERTa- and MPNet-style heads take [B, L, H] and read position 0 themselves (dropout, dense, tanh, dropout,
+    # out_proj)
     return head(pooled[:, None, :])
 
 
