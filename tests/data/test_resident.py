@@ -129,7 +129,7 @@ def test_augment_shuffle_normalize_compose_as_config(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    from gradsift import CONFIG_DIR as conf
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("config", overrides=["data=cifar10n", f"paths.root_dir={tmp_path}", "data.augment.pad_mode=reflect",
                                            "data.augment.crop=per_batch", "data.shuffle=false",

@@ -243,12 +243,10 @@ def test_fused_sgd_trains_like_foreach_sgd():
 
 
 def test_configs_reach_the_speed_options(tmp_path):
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
+    from gradsift import CONFIG_DIR as conf
     for name in ("resnet34", "resnet18", "resnet9"):
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose("config", overrides=[f"model={name}", "data=cifar10n", f"paths.root_dir={tmp_path}",

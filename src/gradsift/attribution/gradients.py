@@ -317,7 +317,8 @@ def _only_selected_require_grad(module: nn.Module, params: dict[str, nn.Paramete
     """Parameters outside ``params`` stop requiring gradients inside the block (restored after).
 
     The forward then records autograd history only from the first selected parameter on: for last-layer gradients
-    the backbone runs as in inference (no saved activations). The values computed are the same."""
+    the backbone runs as in inference (no saved activations). The values computed are the same.
+    """
     chosen = {id(p) for p in params.values()}
     frozen = [p for p in module.parameters() if p.requires_grad and id(p) not in chosen]
     for p in frozen:
@@ -333,7 +334,8 @@ class _HostCopy:
     """Tensors copied to the host without waiting for the device: non-blocking copies into pinned buffers, one event.
 
     :meth:`arrays` waits for that event only; host tensors pass through. A blocking ``.cpu()`` per batch would
-    instead stall the host until the device had finished everything queued, leaving the device idle meanwhile."""
+    instead stall the host until the device had finished everything queued, leaving the device idle meanwhile.
+    """
 
     def __init__(self, tensors: list[torch.Tensor]):
         self.tensors: list[torch.Tensor] = []
@@ -356,8 +358,11 @@ class _HostCopy:
 
 
 class _Rows:
-    """Batches of (gradients, index, labels) joined in order; gradients go into one preallocated array when the
-    number of rows is known, so the whole matrix is not concatenated (copied once more) at the end."""
+    """Batches of (gradients, index, labels) joined in order.
+
+    Gradients go into one preallocated array when the number of rows is known, so the whole matrix is not
+    concatenated (copied once more) at the end.
+    """
 
     def __init__(self, n: int | None):
         self.n, self.out, self.filled = n, None, 0

@@ -56,7 +56,8 @@ class Augment:
         """Host int64 row offsets, column offsets (in ``[0, 2 * padding]``) and flips (0/1) for a batch of ``b``.
 
         Drawn in this order from ``generator``: offsets (``b`` each, or 1 each ``per_batch``), then ``b`` uniforms for
-        the flips; with the defaults this is the stream of the CIFAR-N training code's per-image crop and flip."""
+        the flips; with the defaults this is the stream of the CIFAR-N training code's per-image crop and flip.
+        """
         span = 2 * self.padding + 1
         if self.padding == 0:
             oy = ox = torch.zeros(b, dtype=torch.long)
@@ -71,7 +72,8 @@ class Augment:
         """Crop and flip the [B, C, H, W] batch ``x`` by the offsets and flips of :meth:`draw` (on ``x``'s device).
 
         Output pixel (i, j) of image b is pixel (oy_b + i - padding, ox_b + j' - padding) of the input, with
-        j' = W - 1 - j for flipped images, read through the padding. The result has channels-last strides."""
+        j' = W - 1 - j for flipped images, read through the padding. The result has channels-last strides.
+        """
         b, _, h, w = x.shape
         rows = oy[:, None] + torch.arange(h, device=x.device) - self.padding  # [B, H] source rows, may be outside
         cols = ox[:, None] + torch.arange(w, device=x.device) - self.padding
@@ -113,6 +115,7 @@ class Normalize:
         return self._scaled[device]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float32 copy of ``x`` [B, C, H, W] (uint8 pixels)."""
         mean, std = self._on(x.device)
         return (x.float() - mean) / std
 

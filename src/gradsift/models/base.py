@@ -103,10 +103,12 @@ class GradsiftModule(pl.LightningModule):
                 self.lr_scheduler_step(config.scheduler, None)
 
     def on_train_epoch_end(self) -> None:
+        """With ``cuda_graph``: step the epoch-interval schedulers (automatic optimization would)."""
         if self.cuda_graph:
             self._step_schedulers("epoch", self.current_epoch + 1)
 
     def on_train_end(self) -> None:
+        """With ``cuda_graph``: keep the step counts, free the graph and the gradients it owns."""
         if self._train_step is not None:
             self.train_step_counts = dict(self._train_step.counts)
             self.train_step_dropped = self._train_step.dropped

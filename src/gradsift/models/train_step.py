@@ -78,6 +78,7 @@ class TrainStep:
 
     # -- the step ---------------------------------------------------------------------------------------
     def __call__(self, batch: dict) -> torch.Tensor:
+        """One optimizer step on ``batch``; returns its loss (detached)."""
         autocast = (self.device.type, torch.get_autocast_dtype(self.device.type),
                     torch.is_autocast_enabled(self.device.type))
         if not self._graphable(batch):
