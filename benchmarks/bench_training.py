@@ -24,7 +24,7 @@ skipped, and a configuration that fails is recorded with its error while the res
   models       ResNet-18, later ResNet-9: plain loop (eager, graph), gradsift before, eager best, CUDA graph
   extras       ResNet-34 without determinism, without NaN-filling of new memory, and over the DataLoader path
   compile      torch.compile (default mode), eager and under the CUDA graph (the budget usually leaves it, and
-               full100, to a second call: --sections compile,full100)
+               full100, to a second call: --sections full100,compile)
   full100      (only when asked) a whole 100-epoch ResNet-34 b128 bf16 training with per-epoch evaluation
 
 Writes ``OUT/records.jsonl`` as it goes, then ``OUT/bench_training.json`` (every record) and
@@ -132,6 +132,9 @@ def job_table(a: argparse.Namespace) -> list[tuple[str, str, dict]]:
             rows += [("models", k, v) for k, v in ladder(m, b, f"{SHORT.get(m, m)}.b{b}", full=False).items()]
     for b in (b1, b2):
         rows += [("extras", k, v) for k, v in extras(lm, b, f"{p}.b{b}").items()]
+    rows.append(("extras", f"{p}.b{b2}.gs.fused.nchw", gs(lm, b2, "gradsift eager (fused) without channels_last "
+                                                                  "(model.channels_last=false)", bar=False,
+                                                          fused=True, channels_last=False)))
     rows += side_by_side("eager", a.concurrency[-2:])
     for m in a.models[1:]:
         for b in (b1, b2):
@@ -139,13 +142,14 @@ def job_table(a: argparse.Namespace) -> list[tuple[str, str, dict]]:
     rows.append(("extras", f"{p}.b{b1}.gs.dataloader",
                  gs(lm, b1, "gradsift with the DataLoader path (non-blocking copies) instead of ResidentBatches",
                     loader="dataloader", bar=False)))
+    # full100 (asked for explicitly) goes before compile: a second call runs both, the whole training first
+    rows.append(("full100", "full100", gs(lm, b1, "whole 100-epoch training, bf16, CUDA graph, per-epoch test eval",
+                                          bar=False, fused=True, graph=True, eval=True, full=True, est=330)))
     rows += [("compile", f"{p}.b{b1}.gs.compile", gs(lm, b1, "gradsift eager (fused) + torch.compile (default mode)",
                                                      bar=False, fused=True, compile="default", est=120)),
              ("compile", f"{p}.b{b1}.gs.compile.graph", gs(lm, b1, "gradsift CUDA graph + torch.compile (default "
                                                                    "mode)", bar=False, fused=True, graph=True,
                                                            compile="default", est=90))]
-    rows.append(("full100", "full100", gs(lm, b1, "whole 100-epoch training, bf16, CUDA graph, per-epoch test eval",
-                                          bar=False, fused=True, graph=True, eval=True, full=True, est=330)))
     return rows
 
 
@@ -497,6 +501,7 @@ def compose(a: argparse.Namespace, spec: dict, extra: list[str] = ()):
         fused_key = "model.optimizer.fused" if "optimizer" in cfg.model else "model.fused"
         o += [f"++{fused_key}=true"] if spec["fused"] else []
         o += ["model.cuda_graph=true"] if spec["graph"] else []
+        o += ["model.channels_last=false"] if spec.get("channels_last") is False else []
         o += [f"model.compile={spec['compile']}"] if spec["compile"] else []
         return hydra_compose("config", overrides=o + list(extra))
 

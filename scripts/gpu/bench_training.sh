@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training throughput on one H200 (issue #16): docs/BENCHMARKS.md, "Training throughput". One call, under 9 minutes:
 #   bash scripts/gpu/bench_training.sh                          # every default section (BUDGET=480 s of measuring)
-#   SECTIONS=full100 BUDGET=420 bash scripts/gpu/bench_training.sh   # a whole 100-epoch ResNet-34 b128 training
+#   SECTIONS=full100,compile bash scripts/gpu/bench_training.sh  # a second call: a whole 100-epoch ResNet-34 b128
+#                                                                  # training, then the torch.compile rows
 # Carry .whl/ (hydra-core, omegaconf, antlr4-python3-runtime wheels: scripts/gpu/README.md). Writes into $OUT:
 # bench_training.md (the tables, printed last), bench_training.json (every record), records.jsonl (the records as
 # they were measured), log.txt, gpu.txt, command.txt.
