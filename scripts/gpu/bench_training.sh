@@ -24,6 +24,7 @@ echo "$CMD" > "$OUT/command.txt"
 timeout $((${BUDGET%.*} + 50)) $CMD > "$OUT/log.txt" 2>&1
 echo "exit $?" >> "$OUT/log.txt"
 [ -f "$OUT/bench_training.md" ] || $PY benchmarks/bench_training.py --out "$OUT" --report $EXTRA > /dev/null 2>> "$OUT/log.txt"
-grep -E "^\[[0-9:]+\] " "$OUT/log.txt" | tail -n 80
+# the tables last (the progress lines, one per configuration, are in log.txt); the targets end them
+grep -E "^\[[0-9:]+\] " "$OUT/log.txt" | grep -v ": ok" | tail -n 20
 echo ----
 if [ -f "$OUT/bench_training.md" ]; then cat "$OUT/bench_training.md"; else tail -n 60 "$OUT/log.txt"; fi
