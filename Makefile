@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export HYDRA_FULL_ERROR = 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-all run table1 table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients tables wheelhouse fetch-mpnet export-mpnet clean help
+.PHONY: setup test test-all run table1 table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients bench-training tables wheelhouse fetch-mpnet export-mpnet clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' 
@@ -91,6 +91,9 @@ export-mpnet: fetch-mpnet  ## its bf16 export (.gpu/models/mpnet_bf16) packed in
 
 bench-gradients: setup  ## per-sample gradient throughput, CPU smoke (GPU: see docs/BENCHMARKS.md)
 	$(BIN)/python benchmarks/bench_gradients.py --model tiny
+
+bench-training: setup  ## training throughput, CPU dry run of every section (GPU: scripts/gpu/bench_training.sh)
+	$(BIN)/python benchmarks/bench_training.py --device cpu --tiny --out /tmp/bench_training
 
 bench-scorers: setup  ## seconds to score a training set per method (docs/BENCHMARKS.md)
 	$(BIN)/python benchmarks/bench_scorers.py

@@ -39,17 +39,19 @@ class EpochTestCurve(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         classifier = hasattr(pl_module, "logits")
-        summed, total = 0.0, 0  # correct predictions (classifier) or per-sample losses
+        # correct predictions (classifier) or per-sample losses, summed on the device: read back once per epoch,
+        # not once per batch (each read waits for everything queued)
+        summed, total = torch.zeros((), dtype=torch.float64, device=pl_module.device), 0
         for batch in self.datamodule.test_dataloader():
             batch = trainer.strategy.batch_to_device(batch)
             with trainer.precision_plugin.forward_context():
                 if classifier:
                     pred = pl_module.logits(batch).argmax(-1)
-                    summed += float((pred == batch.get("clean_label", batch["label"])).sum())
+                    summed += (pred == batch.get("clean_label", batch["label"])).sum()
                 else:
-                    summed += float(pl_module.per_sample_loss(batch).float().sum())
+                    summed += pl_module.per_sample_loss(batch).float().sum().double()
             total += len(batch["index"])
-        self.values.append(summed / max(total, 1))
+        self.values.append(float(summed) / max(total, 1))
         pl_module.train(was_training)
 
 

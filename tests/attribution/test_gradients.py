@@ -185,3 +185,68 @@ def test_sample_chunking_and_bf16_autocast_shape():
     _close(got, reference(model, batch, ["conv.weight", "head.weight"]))
     with pytest.raises(ValueError, match="autocast"):
         PerSampleGradients(autocast="int8")
+
+
+class _ConvNet(nn.Module):
+    """Conv -> BatchNorm -> ReLU -> pool -> two linear layers; a classifier with per_sample_loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.mid, self.head = nn.Linear(4, 5), nn.Linear(5, C)
+
+    def per_sample_loss(self, batch: dict) -> torch.Tensor:
+        h = F.relu(self.bn(self.conv(batch["x"]))).mean((2, 3))
+        return F.cross_entropy(self.head(torch.tanh(self.mid(h))), batch["label"], reduction="none")
+
+
+class _Loader:
+    """Prebuilt batches with a dataset length, as a DataLoader has."""
+
+    def __init__(self, batches: list[dict], n: int):
+        self.batches, self.dataset = batches, range(n)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _batches(n_batches: int = 3, b: int = 4) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    return [{"x": torch.randn(b, 3, 5, 5, generator=g), "label": torch.randint(0, C, (b,), generator=g),
+             "index": torch.arange(i * b, (i + 1) * b)} for i in range(n_batches)]
+
+
+@pytest.mark.parametrize("spec", ["last_layer", r"^mid\.", "all"])
+def test_gather_equals_the_per_batch_loop_bit_for_bit(spec):
+    """gather() freezes the unselected parameters and reads batches one late; the rows are the same bits as
+    compress_batch on the unfrozen model, batch by batch, and every parameter requires grad again afterwards."""
+    torch.manual_seed(0)
+    model = _ConvNet().eval()
+    batches = _batches()
+    eng = PerSampleGradients(spec, progress=False)
+    params, plan = eng.prepare(model)
+    with torch.no_grad():  # as gather() before issue #16: one compress_batch per batch, nothing frozen
+        ref = torch.cat([eng.compress_batch(model, b, params, plan) for b in batches]).float().numpy()
+    for loader in (batches, _Loader(batches, 12), _Loader(batches, 5)):  # no length, exact length, too short
+        got = eng.gather(model, loader)
+        assert (got.grads == ref).all() and got.grads.dtype == ref.dtype
+        assert got.index.tolist() == list(range(12)) and got.labels.tolist() == torch.cat(
+            [b["label"] for b in batches]).tolist()
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_gather_restores_requires_grad_after_an_error():
+    model = _ConvNet().eval()
+    model.head.weight.requires_grad_(False)  # a frozen parameter stays frozen
+    bad = [{"x": torch.randn(2, 3, 5, 5), "label": torch.tensor([0, 99]), "index": torch.arange(2)}]
+    with pytest.raises((IndexError, RuntimeError)):
+        PerSampleGradients(r"^mid\.", progress=False).gather(model, bad)
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, True, True, True, False, True]
+
+
+def test_gather_of_an_empty_loader_is_an_empty_set():
+    got = PerSampleGradients("last_layer", progress=False).gather(_ConvNet().eval(), _Loader([], 0))
+    assert got.grads.shape == (0, 5 * C + C) and len(got.index) == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
@@ -277,28 +278,115 @@ class PerSampleGradients:
         skip = 0
         if store is not None:
             skip = store.open(dim=self.compressor.out_blocks[-1].stop, blocks=self.compressor.out_blocks, meta=meta)
-        rows, index, labels = [], [], []
+        rows = _Rows(len(dataset) if dataset is not None else None)
+        pending: deque[_HostCopy] = deque()
+
+        def finish(copy: _HostCopy) -> None:
+            g, ix, lb = copy.arrays()
+            if store is not None:
+                store.append(g.copy(), ix.copy(), lb.copy())
+            else:
+                rows.add(g, ix, lb)
+
         try:
-            for b, batch in enumerate(_progress(loader, desc, self.progress)):
-                if b < skip:
-                    continue
-                batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-                g = self.compress_batch(module, batch, params, plan).float().cpu().numpy()
-                ix, lb = batch["index"].cpu().numpy(), batch["label"].cpu().numpy()
-                if store is not None:
-                    store.append(g, ix, lb)
-                else:
-                    rows.append(g)
-                    index.append(ix)
-                    labels.append(lb)
+            with _only_selected_require_grad(module, params):
+                for b, batch in enumerate(_progress(loader, desc, self.progress)):
+                    if b < skip:
+                        continue
+                    batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                             for k, v in batch.items()}
+                    g = self.compress_batch(module, batch, params, plan).float()
+                    pending.append(_HostCopy([g, batch["index"], batch["label"]]))
+                    # batch k is read on the host once batch k+1 is queued: its copy overlaps k+1's computation
+                    while len(pending) > 1:
+                        finish(pending.popleft())
+                while pending:
+                    finish(pending.popleft())
         finally:
             module.train(was_training)
         if store is not None:
             store.close()
             # under DDP the merged set exists only after every rank closed and rank 0 ran store.finalize()
             return store.gradient_set() if store.world_size == 1 else None
-        return GradientSet(np.concatenate(rows), np.concatenate(index), np.concatenate(labels),
-                           blocks=list(self.compressor.out_blocks), meta=meta)
+        return GradientSet(*rows.result(self.compressor.out_blocks[-1].stop), blocks=list(self.compressor.out_blocks),
+                           meta=meta)
+
+
+@contextlib.contextmanager
+def _only_selected_require_grad(module: nn.Module, params: dict[str, nn.Parameter]):
+    """Parameters outside ``params`` stop requiring gradients inside the block (restored after).
+
+    The forward then records autograd history only from the first selected parameter on: for last-layer gradients
+    the backbone runs as in inference (no saved activations). The values computed are the same.
+    """
+    chosen = {id(p) for p in params.values()}
+    frozen = [p for p in module.parameters() if p.requires_grad and id(p) not in chosen]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+class _HostCopy:
+    """Tensors copied to the host without waiting for the device: non-blocking copies into pinned buffers, one event.
+
+    :meth:`arrays` waits for that event only; host tensors pass through. A blocking ``.cpu()`` per batch would
+    instead stall the host until the device had finished everything queued, leaving the device idle meanwhile.
+    """
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.tensors: list[torch.Tensor] = []
+        self.event = None
+        for t in tensors:
+            if t.device.type == "cuda":
+                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                self.tensors.append(host.copy_(t, non_blocking=True))
+                self.event = self.event or torch.cuda.Event()
+            else:
+                self.tensors.append(t.cpu())
+        if self.event is not None:
+            self.event.record()
+
+    def arrays(self) -> list[np.ndarray]:
+        """The tensors as numpy arrays (views of the pinned buffers: copy what you keep)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return [t.numpy() for t in self.tensors]
+
+
+class _Rows:
+    """Batches of (gradients, index, labels) joined in order.
+
+    Gradients go into one preallocated array when the number of rows is known, so the whole matrix is not
+    concatenated (copied once more) at the end.
+    """
+
+    def __init__(self, n: int | None):
+        self.n, self.out, self.filled = n, None, 0
+        self.parts: list[np.ndarray] = []
+        self.index: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def add(self, g: np.ndarray, ix: np.ndarray, lb: np.ndarray) -> None:
+        self.index.append(ix.copy())
+        self.labels.append(lb.copy())
+        if self.n is not None and self.out is None:
+            self.out = np.empty((self.n, g.shape[1]), dtype=g.dtype)
+        if self.out is not None and not self.parts and self.filled + len(g) <= len(self.out):
+            self.out[self.filled:self.filled + len(g)] = g
+            self.filled += len(g)
+        else:  # more rows than the dataset has (e.g. a sampler with replacement): keep the batches, join at the end
+            self.parts.append(g.copy())
+
+    def result(self, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = ([] if self.out is None else [self.out[:self.filled]]) + self.parts
+        if not parts:
+            return np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        grads = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return grads, np.concatenate(self.index), np.concatenate(self.labels)
 
 
 def _embedding_grads(idx: torch.Tensor, gout: torch.Tensor, vocab: int) -> torch.Tensor:

@@ -16,9 +16,11 @@ Human labels are the official CIFAR-N files (``CIFAR-10_human.pt`` / ``CIFAR-100
 Their ``clean_label`` must equal the CIFAR train labels in order; loading fails loudly otherwise.
 
 Images stay uint8 [N, 3, 32, 32] tensors; batches are gathered by tensor indexing (``__getitems__``), normalized
-on the fly, and augmented (random crop with 4-pixel zero padding + horizontal flip, as the CIFAR-N authors' code)
-only in the training loader. With ``device="cuda"`` the whole split lives on the GPU and batches never touch the
-CPU (use ``num_workers=0``).
+on the fly (``normalize``: the CIFAR-N authors' constants, the training split's own statistics, or given values),
+and augmented only in the training loader (``augment``, :class:`gradsift.data.augment.Augment`; by default a
+random crop with 4-pixel zero padding + horizontal flip per image, as the CIFAR-N authors' code). With
+``device="cuda"`` the whole split lives on the GPU (use ``num_workers=0``) and the training loader is a
+:class:`gradsift.data.resident.ResidentBatches`, which makes the same batches there without waiting for the host.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,7 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from gradsift.data.augment import Augment, Normalize, channel_stats
 from gradsift.data.base import DictDataset, NoisyLabelDataModule
+from gradsift.data.resident import ResidentBatches
 
 # per-channel statistics used by the CIFAR-N authors' training code
 MEAN_STD = {
@@ -221,8 +226,10 @@ class ImageDataset(DictDataset):
 
     def __getitems__(self, rows: list[int]) -> dict:
         idx = torch.as_tensor(rows, dtype=torch.long)
-        batch = {k: v[idx.to(v.device)] for k, v in self.columns.items()}
-        batch["index"] = torch.as_tensor(self.index[idx.numpy()], device=batch["x"].device)
+        # non-blocking host -> device copies: a blocking one waits for every queued kernel, once per batch
+        on = {d: idx.to(d, non_blocking=True) for d in {v.device for v in self.columns.values()}}
+        batch = {k: v[on[v.device]] for k, v in self.columns.items()}
+        batch["index"] = torch.as_tensor(self.index[idx.numpy()]).to(batch["x"].device, non_blocking=True)
         return batch
 
     def subset(self, rows: Sequence[int]) -> "ImageDataset":
@@ -234,35 +241,27 @@ class ImageDataset(DictDataset):
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """Per-image random crop after zero padding, then random horizontal flip, on a [B, C, H, W] batch."""
-    b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
-    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
-    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(x.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
-    rows = (oy[:, None] + ar_h)[:, :, None]
-    cols = ox[:, None] + ar_w
-    cols = torch.where(flip[:, None], cols.flip(-1), cols)[:, None, :]
-    out = padded[torch.arange(b, device=x.device)[:, None, None], :, rows, cols]  # [B, H, W, C]
-    return out.permute(0, 3, 1, 2)
+    return _augment(Augment(padding=padding), x, generator)
+
+
+def _augment(augment: Augment, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    oy, ox, flip = (t.to(x.device, non_blocking=True) for t in augment.draw(len(x), generator))
+    return augment.apply(x, oy, ox, flip)
 
 
 class _Collate:
-    """uint8 batch -> normalized float batch; random crop + flip when ``generator`` is given (training only)."""
+    """uint8 batch -> normalized float batch; augmented when ``augment`` and its ``generator`` are given (training)."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], generator: torch.Generator | None = None):
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
-        self.generator = generator
+    def __init__(self, normalize: Normalize, augment: Augment | None = None, generator: torch.Generator | None = None):
+        self.normalize, self.augment, self.generator = normalize, augment, generator
 
     def __call__(self, batch: dict | list[dict]) -> dict:
         if isinstance(batch, list):  # a plain sampler gave single items
             batch = torch.utils.data.default_collate(batch)
         x = batch["x"]
-        if self.generator is not None:
-            x = random_crop_flip(x, self.generator)
-        x = (x.float() - self.mean.to(x.device)) / self.std.to(x.device)
-        return {**batch, "x": x.contiguous()}
+        if self.augment is not None:
+            x = _augment(self.augment, x, self.generator)
+        return {**batch, "x": self.normalize(x).contiguous()}
 
 
 # -- datamodule -------------------------------------------------------------------------------------------------
@@ -276,11 +275,18 @@ class CIFARNDataModule(NoisyLabelDataModule):
     ``subset`` then keeps a seeded class-balanced count of the rest; ``test_size`` keeps a seeded class-balanced
     part of the clean test split (the dropout paper's 256). ``index`` is the image's position in the official
     CIFAR order, so it stays stable across subsets.
+
+    ``augment``: the training augmentation, ``true`` (the CIFAR-N authors' crop + flip), ``false``, or a mapping of
+    :class:`gradsift.data.augment.Augment` fields (``padding``, ``pad_mode``, ``crop``, ``flip``). ``normalize``:
+    ``cifar_n`` (the CIFAR-N authors' per-channel constants), ``dataset`` (the training split's own per-channel
+    mean / std, computed once before any ``keep``) or ``{mean: [...], std: [...]}`` in [0, 1] units.
+    ``shuffle``: reshuffle the training split every epoch (false keeps the dataset order).
     """
 
     def __init__(self, dataset: str = "cifar10n", noise: str = "aggregate", data_dir: str = "data",
                  source: str = "auto", download: bool = True, cache_dir: str | None = None, coarse: bool = False,
-                 subset: int | None = None, val_size: int = 0, test_size: int | None = None, augment: bool = True,
+                 subset: int | None = None, val_size: int = 0, test_size: int | None = None,
+                 augment: bool | Mapping = True, normalize: str | Mapping = "cifar_n", shuffle: bool = True,
                  device: str | None = None, num_classes: int | None = None, name: str | None = None,
                  batch_size: int = 128, eval_batch_size: int | None = 512, num_workers: int = 0, seed: int = 0,
                  keep: Sequence[int] | None = None):
@@ -304,11 +310,13 @@ class CIFARNDataModule(NoisyLabelDataModule):
         self.data_dir, self.source, self.download = Path(data_dir), source, download
         self.cache_dir = cache_dir
         self.coarse, self.subset_size, self.val_size, self.test_size = coarse, subset, val_size, test_size
-        self.augment, self.device, self.name = augment, device, name or dataset
+        self.augment, self.device, self.name = Augment.from_config(augment), device, name or dataset
+        self.shuffle = shuffle
         self.num_classes = 20 if coarse else (100 if family == "cifar100n" else 10)
         if num_classes is not None and num_classes != self.num_classes:
             raise ValueError(f"data.num_classes={num_classes} but {dataset} (coarse={coarse}) has {self.num_classes}")
-        self.mean, self.std = MEAN_STD[self.base]
+        self.normalize = normalize
+        self.mean, self.std = _normalization(normalize, self.base)
         self.class_names = CIFAR10_CLASSES if self.base == "cifar10" else tuple(str(c) for c in range(self.num_classes))
         self.image_source: str | None = None
 
@@ -372,6 +380,8 @@ class CIFARNDataModule(NoisyLabelDataModule):
         if self.test_size:
             test_rows = balanced_choice(y_test, self.test_size, rng)
         test = self._dataset(arrays["x_test"], y_test, y_test, test_pos, test_rows)
+        if self.normalize == "dataset":
+            self.mean, self.std = channel_stats(train.columns["x"])
         return train, val, test
 
     def _dataset(self, x: np.ndarray, given: np.ndarray, clean: np.ndarray, pos: np.ndarray, rows: np.ndarray
@@ -388,14 +398,24 @@ class CIFARNDataModule(NoisyLabelDataModule):
         if ds is None:
             return None
         gen = torch.Generator().manual_seed(self.seed)
-        collate = _Collate(self.mean, self.std, torch.Generator().manual_seed(self.seed + 1) if augment else None)
+        collate = _Collate(Normalize(self.mean, self.std), self.augment if augment else None,
+                           torch.Generator().manual_seed(self.seed + 1) if augment and self.augment else None)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate, generator=gen if shuffle else None,
                           persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches, augmented when ``augment`` is on."""
-        return self._loader(self.train_set, True, self.batch_size, augment=self.augment)
+    def train_dataloader(self) -> DataLoader | ResidentBatches:
+        """Training batches: :class:`ResidentBatches` on an accelerator (one process), else a DataLoader.
+
+        Both give the same batches from the same seeded generators (shuffled when ``shuffle``, augmented when
+        ``augment`` is on); under several processes the DataLoader lets Lightning give each rank its share.
+        """
+        trainer = getattr(self, "trainer", None)
+        if self.device is None or (trainer is not None and trainer.world_size > 1):
+            return self._loader(self.train_set, self.shuffle, self.batch_size, augment=True)
+        return ResidentBatches(self.train_set, self.batch_size, self.shuffle, torch.Generator().manual_seed(self.seed),
+                               Normalize(self.mean, self.std), self.augment,
+                               torch.Generator().manual_seed(self.seed + 1) if self.augment else None)
 
     def images(self, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Raw uint8 images [N,32,32,3], given labels, clean labels and indices of a split (for galleries)."""
@@ -411,6 +431,19 @@ class CIFARNDataModule(NoisyLabelDataModule):
         self.setup()
         cols = self.train_set.columns
         return (cols["label"] != cols["clean_label"]).cpu().numpy()
+
+
+def _normalization(normalize: str | Mapping, base: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``data.normalize`` as (mean, std); ``dataset`` starts from the CIFAR-N constants until the data are built."""
+    if normalize in ("cifar_n", "dataset"):
+        return MEAN_STD[base]
+    if isinstance(normalize, Mapping) and set(normalize) == {"mean", "std"}:
+        mean, std = tuple(float(v) for v in normalize["mean"]), tuple(float(v) for v in normalize["std"])
+        Normalize(mean, std)  # checks the lengths and signs
+        if len(mean) != 3:
+            raise ValueError(f"data.normalize: mean {list(mean)} and std {list(std)} need 3 values (RGB)")
+        return mean, std
+    raise ValueError(f"data.normalize={normalize!r}; expected cifar_n, dataset or {{mean: [r, g, b], std: [r, g, b]}}")
 
 
 def _fine_to_coarse(labels: dict[str, np.ndarray]) -> np.ndarray:
