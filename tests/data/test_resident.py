@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pickle
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torch
 from gradsift.data.cifar_n import MEAN_STD, CIFARNDataModule
 from gradsift.data.resident import ResidentBatches
 from gradsift.models.image_classifier import ImageClassifier
+from gradsift.models.optim import linear_warmup_decay
 from gradsift.models.resnet import resnet9
 
 N_PER_BATCH = 14  # 70 training images: batches of 16 leave a short last batch of 6
@@ -100,7 +103,8 @@ def test_training_on_resident_batches_gives_the_same_model(fake):
     states = []
     for device in (None, "cpu"):
         pl.seed_everything(0, verbose=False)
-        model = ImageClassifier(resnet9(num_classes=10), lr=0.05, schedule="linear", channels_last=True)
+        model = ImageClassifier(resnet9(num_classes=10), optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4),
+                                scheduler=partial(linear_warmup_decay, warmup=0.25), channels_last=True)
         trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                              enable_model_summary=False, enable_checkpointing=False, deterministic=True)
         trainer.fit(model, datamodule=_dm(fake, device=device))
