@@ -280,6 +280,7 @@ class PerSampleGradients:
             skip = store.open(dim=self.compressor.out_blocks[-1].stop, blocks=self.compressor.out_blocks, meta=meta)
         rows = _Rows(len(dataset) if dataset is not None else None)
         pending: deque[_HostCopy] = deque()
+        buffers = _PinnedBuffers(depth=2)  # one batch in flight while the previous one is read
 
         def finish(copy: _HostCopy) -> None:
             g, ix, lb = copy.arrays()
@@ -296,7 +297,7 @@ class PerSampleGradients:
                     batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                              for k, v in batch.items()}
                     g = self.compress_batch(module, batch, params, plan).float()
-                    pending.append(_HostCopy([g, batch["index"], batch["label"]]))
+                    pending.append(_HostCopy([g, batch["index"], batch["label"]], buffers))
                     # batch k is read on the host once batch k+1 is queued: its copy overlaps k+1's computation
                     while len(pending) > 1:
                         finish(pending.popleft())
@@ -330,6 +331,29 @@ def _only_selected_require_grad(module: nn.Module, params: dict[str, nn.Paramete
             p.requires_grad_(True)
 
 
+class _PinnedBuffers:
+    """Page-locked host buffers, allocated once per (slot, shape, dtype) and handed out in turn.
+
+    Allocating pinned memory is a slow driver call (a 5 MB ``cudaHostAlloc`` per batch cost more than the copy
+    saved), so each of ``depth`` turns keeps its buffers. A buffer is handed out again ``depth`` batches later: the
+    caller must have read it by then (:meth:`PerSampleGradients.gather` keeps one batch in flight, ``depth`` 2).
+    """
+
+    def __init__(self, depth: int = 2):
+        self.depth, self.turn = depth, 0
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def next_turn(self) -> int:
+        self.turn = (self.turn + 1) % self.depth
+        return self.turn
+
+    def get(self, turn: int, slot: int, like: torch.Tensor) -> torch.Tensor:
+        key = (turn, slot, tuple(like.shape), like.dtype)
+        if key not in self.buffers:
+            self.buffers[key] = torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
+        return self.buffers[key]
+
+
 class _HostCopy:
     """Tensors copied to the host without waiting for the device: non-blocking copies into pinned buffers, one event.
 
@@ -337,13 +361,13 @@ class _HostCopy:
     instead stall the host until the device had finished everything queued, leaving the device idle meanwhile.
     """
 
-    def __init__(self, tensors: list[torch.Tensor]):
+    def __init__(self, tensors: list[torch.Tensor], buffers: _PinnedBuffers):
         self.tensors: list[torch.Tensor] = []
         self.event = None
-        for t in tensors:
+        turn = buffers.next_turn()
+        for slot, t in enumerate(tensors):
             if t.device.type == "cuda":
-                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                self.tensors.append(host.copy_(t, non_blocking=True))
+                self.tensors.append(buffers.get(turn, slot, t).copy_(t, non_blocking=True))
                 self.event = self.event or torch.cuda.Event()
             else:
                 self.tensors.append(t.cpu())
