@@ -166,3 +166,21 @@ def test_refuses_layers_it_cannot_factor_and_true_fisher_without_logits() -> Non
         KroneckerFactorGatherer("all", fisher="true", progress=False).gather(NoLogits().double(), _batches(8, 8))
     with pytest.raises(ValueError, match="kfac.fisher"):
         KroneckerFactorGatherer("all", fisher="sampled")
+
+
+def test_lora_adapters_are_linear_layers_it_covers() -> None:
+    """peft's lora_A / lora_B are nn.Linear modules: each gets its own factors, checked like the layers above."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    model = inject_adapter_in_model(LoraConfig(r=2, target_modules=["net.0", "net.2"], init_lora_weights=False),
+                                    _MLP().double())
+    batches = _batches(16, 8)
+    f = KroneckerFactorGatherer("lora", fisher="empirical", dtype="float64", progress=False).gather(model, batches)
+    assert [(lay.module, lay.shape) for lay in f.layers] == [
+        ("net.0.lora_A.default", (2, 4)), ("net.0.lora_B.default", (5, 2)),
+        ("net.2.lora_A.default", (2, 5)), ("net.2.lora_B.default", (C, 2))]
+    grads = PerSampleGradients("lora", progress=False).gather(model, batches).grads.astype(np.float64)
+    for layer in f.layers:
+        rot = np.einsum("so,nsi,ia->noa", layer.s_vecs, weight_matrix(grads, f, layer), layer.a_vecs)
+        np.testing.assert_allclose(layer.lam, (rot ** 2).mean(0), rtol=1e-5, atol=1e-7 * np.abs(layer.lam).max())
