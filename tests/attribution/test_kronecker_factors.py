@@ -65,7 +65,7 @@ def _batches(n: int, size: int, seed: int = 0, mixed: bool = False) -> list[dict
 
 
 def _gather(model: nn.Module, batches: list[dict], **kw) -> KroneckerFactors:
-    kw = {"strategy": "ekfac", "fisher": "empirical", "dtype": "float64", "progress": False, **kw}
+    kw = {"strategy": "ekfac", "empirical_fisher": True, "dtype": "float64", "progress": False, **kw}
     return KroneckerFactorGatherer("all", **kw).gather(model, batches)
 
 
@@ -109,10 +109,10 @@ def test_kfac_strategy_has_no_diagonal_and_factors_round_trip(tmp_path) -> None:
     torch.manual_seed(0)
     model, batches = _MLP().double(), _batches(16, 8)
     assert all(lay.lam is None for lay in _gather(model, batches, strategy="kfac").layers)
-    f = KroneckerFactorGatherer("all", fisher="true", seed=4, progress=False).gather(model, batches, reference=batches[:1])
+    f = KroneckerFactorGatherer("all", seed=4, progress=False).gather(model, batches, reference=batches[:1])
     f.save(str(tmp_path / "f.npz"))
     g = KroneckerFactors.load(str(tmp_path / "f.npz"))
-    assert (g.strategy, g.fisher, g.n_samples, g.blocks) == (f.strategy, f.fisher, f.n_samples, f.blocks)
+    assert (g.strategy, g.empirical_fisher, g.n_samples, g.blocks) == (f.strategy, False, f.n_samples, f.blocks)
     for a, b in zip(f.layers, g.layers):
         assert (a.module, a.weight, a.bias, a.layout) == (b.module, b.weight, b.bias, b.layout)
         np.testing.assert_array_equal(a.lam, b.lam)
@@ -140,7 +140,7 @@ def test_sampled_labels_are_a_function_of_seed_and_index_and_follow_the_probabil
 def test_true_fisher_uses_sampled_labels() -> None:
     torch.manual_seed(0)
     model, batches = _MLP().double(), _batches(16, 8)
-    true, emp = _gather(model, batches, fisher="true", seed=0), _gather(model, batches)
+    true, emp = _gather(model, batches, empirical_fisher=False, seed=0), _gather(model, batches)
     assert not np.allclose(true.layers[1].s_vals, emp.layers[1].s_vals)
     np.testing.assert_allclose(true.layers[0].a_vals, emp.layers[0].a_vals)  # activations do not depend on labels
 
@@ -162,10 +162,10 @@ def test_refuses_layers_it_cannot_factor_and_true_fisher_without_logits() -> Non
         def per_sample_loss(self, batch: dict) -> torch.Tensor:
             return F.cross_entropy(self.fc(batch["x"]), batch["label"], reduction="none")
 
-    with pytest.raises(ValueError, match="fisher=empirical"):
-        KroneckerFactorGatherer("all", fisher="true", progress=False).gather(NoLogits().double(), _batches(8, 8))
-    with pytest.raises(ValueError, match="kfac.fisher"):
-        KroneckerFactorGatherer("all", fisher="sampled")
+    with pytest.raises(ValueError, match="empirical_fisher=true"):
+        KroneckerFactorGatherer("all", progress=False).gather(NoLogits().double(), _batches(8, 8))
+    with pytest.raises(ValueError, match="use_empirical_fisher"):
+        KroneckerFactorGatherer("all", empirical_fisher="yes")
 
 
 def test_lora_adapters_are_linear_layers_it_covers() -> None:
@@ -176,7 +176,7 @@ def test_lora_adapters_are_linear_layers_it_covers() -> None:
     model = inject_adapter_in_model(LoraConfig(r=2, target_modules=["net.0", "net.2"], init_lora_weights=False),
                                     _MLP().double())
     batches = _batches(16, 8)
-    f = KroneckerFactorGatherer("lora", fisher="empirical", dtype="float64", progress=False).gather(model, batches)
+    f = KroneckerFactorGatherer("lora", empirical_fisher=True, dtype="float64", progress=False).gather(model, batches)
     assert [(lay.module, lay.shape) for lay in f.layers] == [
         ("net.0.lora_A.default", (2, 4)), ("net.0.lora_B.default", (5, 2)),
         ("net.2.lora_A.default", (2, 5)), ("net.2.lora_B.default", (C, 2))]

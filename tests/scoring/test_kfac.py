@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradsift.attribution.compressors import Dropout, Gaussian, LoGra
+from gradsift.attribution.compressors import DropoutCompressor, GaussianCompressor, LoGraCompressor
 from gradsift.attribution.gradients import PerSampleGradients
 from gradsift.attribution.kfac import KroneckerFactorGatherer, sampled_labels
 from gradsift.scoring.base import ScoringInputs
-from gradsift.scoring.influence import ExactInfluence
+from gradsift.scoring.influence import ExactInfluenceScorer
 from gradsift.scoring.kfac import EKFACScorer, KFACScorer, precondition
 
 
@@ -57,12 +57,12 @@ def _one_hot_inputs(n: int, k: int, c: int, seed: int) -> tuple[list[dict], list
     return train, [{"x": x[n:], "label": y[n:], "index": torch.arange(n, n + 30)}]
 
 
-def _inputs(model: nn.Module, train: list[dict], ref: list[dict], strategy: str, fisher: str = "empirical",
+def _inputs(model: nn.Module, train: list[dict], ref: list[dict], strategy: str, empirical: bool = True,
             parameters: str = "all", **kw) -> ScoringInputs:
     eng = PerSampleGradients(parameters, progress=False)
-    factors = KroneckerFactorGatherer(parameters, strategy=strategy, fisher=fisher, dtype="float64", progress=False,
+    factors = KroneckerFactorGatherer(parameters, strategy=strategy, empirical_fisher=empirical, dtype="float64", progress=False,
                                       **kw).gather(model, train, reference=ref)
-    return ScoringInputs(train=eng.gather(model, train), val=eng.gather(model, ref), extra={"kfac": factors})
+    return ScoringInputs(train=eng.gather(model, train), reference=eng.gather(model, ref), extra={"kfac": factors})
 
 
 def test_ekfac_is_exact_influence_where_the_fisher_is_diagonal_in_the_kronecker_basis() -> None:
@@ -77,11 +77,11 @@ def test_ekfac_is_exact_influence_where_the_fisher_is_diagonal_in_the_kronecker_
         train, ref = _one_hot_inputs(90, 6, c, seed=0)
         model = _Linear(6, c)
         ek = _inputs(model, train, ref, "ekfac")
-        exact = ExactInfluence(hessian="gauss_newton", damping=0.01).fit_score(ek)
-        ours = EKFACScorer(damping=0.01, fisher="empirical").fit_score(ek)
+        exact = ExactInfluenceScorer(hessian="gauss_newton", damping=0.01).fit_score(ek)
+        ours = EKFACScorer(damping=0.01, empirical_fisher=True).fit_score(ek)
         rel = np.abs(ours - exact).max() / np.abs(exact).max()
         assert (rel < 1e-6) if exact_ekfac else (rel > 0.05), (c, rel)  # 1e-6: the float32 gradient rows
-        kfac = KFACScorer(damping=0.01, fisher="empirical").fit_score(_inputs(model, train, ref, "kfac"))
+        kfac = KFACScorer(damping=0.01, empirical_fisher=True).fit_score(_inputs(model, train, ref, "kfac"))
         assert np.abs(kfac - exact).max() / np.abs(exact).max() > 0.05
 
 
@@ -89,12 +89,12 @@ def test_auto_damping_is_the_per_layer_damping_of_the_other_influence_scorers() 
     """EK-FAC's heuristic 0.1 * mean(Lambda) = 0.1 * tr(F_l) / d_l = gradsift's per-layer 'auto' damping."""
     train, ref = _one_hot_inputs(90, 6, 2, seed=1)
     inputs = _inputs(_Linear(6, 2), train, ref, "ekfac")
-    exact = ExactInfluence(hessian="gauss_newton", damping="auto").fit_score(inputs)
-    ours = EKFACScorer(damping="auto", fisher="empirical").fit_score(inputs)
+    exact = ExactInfluenceScorer(hessian="gauss_newton", damping="auto").fit_score(inputs)
+    ours = EKFACScorer(damping="auto", empirical_fisher=True).fit_score(inputs)
     np.testing.assert_allclose(ours, exact, rtol=1e-5, atol=1e-6 * np.abs(exact).max())
 
 
-def _kronfluence_scores(model: nn.Module, train: list[dict], query: list[dict], strategy: str, fisher: str,
+def _kronfluence_scores(model: nn.Module, train: list[dict], query: list[dict], strategy: str, empirical: bool,
                         damping: float | None, seed: int, tmp_path) -> np.ndarray:
     """gradsift's sign from kronfluence's pairwise scores: -(mean over queries) of g_q^T (H + lambda)^-1 g_k."""
     from kronfluence import Analyzer, prepare_model
@@ -126,7 +126,7 @@ def _kronfluence_scores(model: nn.Module, train: list[dict], query: list[dict], 
     task, d64 = _Task(), torch.float64
     analyzer = Analyzer("gradsift", model=prepare_model(copy.deepcopy(model), task), task=task, cpu=True,
                         disable_tqdm=True, output_dir=str(tmp_path), disable_model_save=True)
-    fargs = FactorArguments(strategy=strategy, use_empirical_fisher=fisher == "empirical",
+    fargs = FactorArguments(strategy=strategy, use_empirical_fisher=empirical,
                             activation_covariance_dtype=d64, gradient_covariance_dtype=d64,
                             per_sample_gradient_dtype=d64, lambda_dtype=d64)
     analyzer.fit_all_factors("f", _Rows(train), per_device_batch_size=16, factor_args=fargs, overwrite_output_dir=True)
@@ -143,27 +143,27 @@ def _random_batches(n: int, shape: tuple[int, ...], seed: int, start: int = 0) -
              "index": torch.arange(start + s, start + s + 16)} for s in range(0, n, 16)]
 
 
-@pytest.mark.parametrize("model_name,strategy,fisher,damping", [
-    ("mlp", "ekfac", "empirical", 1e-3), ("mlp", "ekfac", "true", 1e-3), ("mlp", "kfac", "true", "auto"),
-    ("conv", "ekfac", "empirical", "auto"), ("conv", "kfac", "empirical", 1e-2)])
-def test_matches_kronfluence(model_name: str, strategy: str, fisher: str, damping, tmp_path) -> None:
+@pytest.mark.parametrize("model_name,strategy,empirical,damping", [
+    ("mlp", "ekfac", True, 1e-3), ("mlp", "ekfac", False, 1e-3), ("mlp", "kfac", False, "auto"),
+    ("conv", "ekfac", True, "auto"), ("conv", "kfac", True, 1e-2)])
+def test_matches_kronfluence(model_name: str, strategy: str, empirical: bool, damping, tmp_path) -> None:
     """Equal damping (a float = kronfluence's damping_factor, 'auto' = its damping_factor=None heuristic), the same
     pseudo-labels: measured max relative difference ~1e-7 (kronfluence keeps some float32 steps)."""
     pytest.importorskip("kronfluence", minversion="1.0.1")
     torch.manual_seed(0)
     model, shape = (_MLP(), (4,)) if model_name == "mlp" else (_Conv(), (2, 6, 6))
     train, query = _random_batches(64, shape, seed=1), _random_batches(16, shape, seed=2, start=64)
-    inputs = _inputs(model, train, query, strategy, fisher, seed=3)
-    scorer = (EKFACScorer if strategy == "ekfac" else KFACScorer)(damping=damping, fisher=fisher)
+    inputs = _inputs(model, train, query, strategy, empirical, seed=3)
+    scorer = (EKFACScorer if strategy == "ekfac" else KFACScorer)(damping=damping, empirical_fisher=empirical)
     ours = scorer.fit_score(inputs)
-    theirs = _kronfluence_scores(model, train, query, strategy, fisher, None if damping == "auto" else damping, 3,
+    theirs = _kronfluence_scores(model, train, query, strategy, empirical, None if damping == "auto" else damping, 3,
                                  tmp_path)
     assert np.corrcoef(ours, theirs)[0, 1] >= 0.99
     assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
 
 
-@pytest.mark.parametrize("compressor,parameters", [(Dropout(40, seed=1), "all"), (Gaussian(8192, seed=2), "all"),
-                                                   (LoGra(65536, seed=3), r"weight$")], ids=["dropout", "gaussian", "logra"])
+@pytest.mark.parametrize("compressor,parameters", [(DropoutCompressor(40, seed=1), "all"), (GaussianCompressor(8192, seed=2), "all"),
+                                                   (LoGraCompressor(65536, seed=3), r"weight$")], ids=["dropout", "gaussian", "logra"])
 def test_compressed_gradients_are_scored_with_the_projected_preconditioned_reference(compressor, parameters) -> None:
     """score_k = -(C w)^T (C g_k), w = (H + lambda)^-1 v in the full space: for Dropout exactly the kept-coordinate
     part of the full score; for the Gaussian projection and LoGra a JL estimate of the full score. LoGra on weights
@@ -175,14 +175,14 @@ def test_compressed_gradients_are_scored_with_the_projected_preconditioned_refer
     train, ref = _random_batches(96, (4,), seed=1), _random_batches(32, (4,), seed=2, start=96)
     full_inputs = _inputs(model, train, ref, "ekfac", parameters=parameters)
     factors = full_inputs.extra["kfac"]
-    full = EKFACScorer(damping="auto", fisher="empirical").fit_score(full_inputs)
+    full = EKFACScorer(damping="auto", empirical_fisher=True).fit_score(full_inputs)
     eng = PerSampleGradients(parameters, compressor=compressor, progress=False)
-    inputs = ScoringInputs(train=eng.gather(model, train), val=eng.gather(model, ref),
+    inputs = ScoringInputs(train=eng.gather(model, train), reference=eng.gather(model, ref),
                            extra={"kfac": factors, "compressor": compressor})
-    scorer = EKFACScorer(damping="auto", fisher="empirical")
+    scorer = EKFACScorer(damping="auto", empirical_fisher=True)
     scores = scorer.fit_score(inputs)
     assert scorer.compressed
-    if isinstance(compressor, Dropout):
+    if isinstance(compressor, DropoutCompressor):
         w = precondition(factors, factors.reference_gradient, "auto")
         kept = compressor.indices
         g = full_inputs.train.grads.astype(np.float64)
@@ -190,8 +190,8 @@ def test_compressed_gradients_are_scored_with_the_projected_preconditioned_refer
     else:
         assert np.corrcoef(scores, full)[0, 1] > 0.98  # measured 0.989 (Gaussian), 0.987 (LoGra)
     with pytest.raises(ValueError, match="compressor=identity"):
-        EKFACScorer(damping="auto", fisher="empirical").fit_score(
-            ScoringInputs(train=inputs.train, val=inputs.val, extra={"kfac": factors}))
+        EKFACScorer(damping="auto", empirical_fisher=True).fit_score(
+            ScoringInputs(train=inputs.train, reference=inputs.reference, extra={"kfac": factors}))
 
 
 def test_refuses_mismatched_factors() -> None:
@@ -200,8 +200,8 @@ def test_refuses_mismatched_factors() -> None:
     train, ref = _random_batches(32, (4,), seed=1), _random_batches(16, (4,), seed=2, start=32)
     inputs = _inputs(model, train, ref, "kfac")
     with pytest.raises(ValueError, match="strategy='ekfac'"):
-        EKFACScorer(fisher="empirical").fit_score(inputs)
-    with pytest.raises(ValueError, match="scorer.fisher='true'"):
-        KFACScorer(fisher="true").fit_score(inputs)
+        EKFACScorer(empirical_fisher=True).fit_score(inputs)
+    with pytest.raises(ValueError, match="scorer.empirical_fisher=False"):
+        KFACScorer(empirical_fisher=False).fit_score(inputs)
     with pytest.raises(ValueError, match=r"inputs.extra\['kfac'\]"):
-        KFACScorer().fit_score(ScoringInputs(train=inputs.train, val=inputs.val))
+        KFACScorer().fit_score(ScoringInputs(train=inputs.train, reference=inputs.reference))

@@ -12,7 +12,7 @@ from torch import nn
 from gradsift.attribution.gradients import PerSampleGradients
 from gradsift.scoring.base import ScoringInputs
 from gradsift.scoring.checkpoints import CheckpointInputs
-from gradsift.scoring.influence import GradientTracing
+from gradsift.scoring.influence import GradientTracingScorer
 from gradsift.scoring.tracin import TracInCPScorer
 
 N, M, LRS = 64, 16, (0.1, 0.05, 0.01)
@@ -43,7 +43,7 @@ def run() -> dict:
         model.load_state_dict(states[-1])
         ckpts.append(CheckpointInputs(eng.gather(model, train), eng.gather(model, ref), learning_rate=lr,
                                       name=f"epoch {i}"))
-    inputs = ScoringInputs(train=ckpts[-1].train, val=ckpts[-1].reference, extra={"checkpoints": ckpts})
+    inputs = ScoringInputs(train=ckpts[-1].train, reference=ckpts[-1].reference, extra={"checkpoints": ckpts})
     return {"x": x, "y": y, "model": model, "states": states, "ckpts": ckpts, "inputs": inputs}
 
 
@@ -53,8 +53,8 @@ def test_sums_learning_rate_weighted_dot_products(run: dict) -> None:
                     for c in run["ckpts"])
     np.testing.assert_allclose(scores, expected, rtol=1e-10, atol=1e-12)
     last = run["ckpts"][-1]
-    np.testing.assert_allclose(TracInCPScorer().fit_score(ScoringInputs(train=last.train, val=last.reference)),
-                               GradientTracing().fit_score(ScoringInputs(train=last.train, val=last.reference)))
+    np.testing.assert_allclose(TracInCPScorer().fit_score(ScoringInputs(train=last.train, reference=last.reference)),
+                               GradientTracingScorer().fit_score(ScoringInputs(train=last.train, reference=last.reference)))
 
 
 def test_matches_dattri(run: dict) -> None:
@@ -85,4 +85,4 @@ def test_refuses_checkpoints_of_other_rows(run: dict) -> None:
     shuffled = GradientSet(c.train.grads[::-1], c.train.index[::-1], c.train.labels[::-1], blocks=c.train.blocks)
     bad = [CheckpointInputs(shuffled, c.reference, learning_rate=0.1, name="epoch 0")]
     with pytest.raises(ValueError, match="epoch 0: its training rows"):
-        TracInCPScorer().fit_score(ScoringInputs(train=c.train, val=c.reference, extra={"checkpoints": bad}))
+        TracInCPScorer().fit_score(ScoringInputs(train=c.train, reference=c.reference, extra={"checkpoints": bad}))

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradsift.attribution.callback import predict_probs
-from gradsift.attribution.compressors import Gaussian, Identity
+from gradsift.attribution.compressors import GaussianCompressor, IdentityCompressor
 from gradsift.attribution.gradients import PerSampleGradients
 from gradsift.attribution.model_output import margin_output, negative_margin
+from gradsift.attributor import predict_probs
 from gradsift.scoring.base import ScoringInputs
 from gradsift.scoring.checkpoints import CheckpointInputs
 from gradsift.scoring.trak import TRAKScorer
@@ -58,7 +58,7 @@ def _ours(model: _MLP, train, target, states, compressor, lambda_reg: float = 0.
         with margin_output(model):
             ckpts.append(CheckpointInputs(eng.gather(model, train), eng.gather(model, target),
                                           predict_probs(model, train), name=f"model {i}"))
-    inputs = ScoringInputs(train=ckpts[-1].train, val=ckpts[-1].reference, train_probs=ckpts[-1].train_probs,
+    inputs = ScoringInputs(train=ckpts[-1].train, reference=ckpts[-1].reference, train_probs=ckpts[-1].train_probs,
                            extra={"checkpoints": ckpts})
     return TRAKScorer(lambda_reg=lambda_reg).fit_score(inputs)
 
@@ -92,7 +92,7 @@ def test_matches_traker(projection: str, tmp_path) -> None:
     train, target, states = _data()
     model = _MLP()
     d = sum(p.numel() for p in model.parameters())
-    compressor = Gaussian(32, seed=5) if projection == "gaussian" else Identity()
+    compressor = GaussianCompressor(32, seed=5) if projection == "gaussian" else IdentityCompressor()
 
     class _Ours(AbstractProjector):
         """traker's projector interface over our compressor (set up by the engine on the same parameter blocks)."""
@@ -116,22 +116,36 @@ def test_one_checkpoint_equals_the_formula() -> None:
     train, target, states = _data()
     model = _MLP()
     model.load_state_dict(states[0])
-    eng, full = PerSampleGradients("all", Gaussian(32, seed=1), progress=False), PerSampleGradients("all", progress=False)
+    eng, full = PerSampleGradients("all", GaussianCompressor(32, seed=1), progress=False), PerSampleGradients("all", progress=False)
     with margin_output(model):
         gt, gr = eng.gather(model, train), eng.gather(model, target)
         ft, fr = full.gather(model, train), full.gather(model, target)
     probs = predict_probs(model, train)
-    scores = TRAKScorer().fit_score(ScoringInputs(train=gt, val=gr, train_probs=probs))
+    scores = TRAKScorer().fit_score(ScoringInputs(train=gt, reference=gr, train_probs=probs))
     phi = gt.grads.astype(np.float64)
     k = np.linalg.inv(phi.T @ phi)
     q = 1 - probs[np.arange(N), gt.labels]
     np.testing.assert_allclose(scores, -(phi @ (k / np.abs(k).mean()) @ gr.grads.astype(np.float64).mean(0)) * q, rtol=1e-6, atol=1e-9)
-    with pytest.raises(ValueError, match="lambda_reg"):
-        TRAKScorer().fit_score(ScoringInputs(train=_rows(gt, 20), val=gr, train_probs=probs[:20]))
-    with pytest.raises(ValueError, match="singular"):  # the logit-shift null space of uncompressed margins
-        TRAKScorer().fit_score(ScoringInputs(train=ft, val=fr, train_probs=probs))
-    assert np.isfinite(TRAKScorer(lambda_reg=1e-3).fit_score(ScoringInputs(train=_rows(gt, 20), val=gr,
-                                                                           train_probs=probs[:20]))).all()
+    # rank-deficient kernels (k > n; the logit-shift null space of unprojected margins): the ridgeless limit
+    for tr, rf, pr in [(_rows(gt, 20), gr, probs[:20]), (ft, fr, probs)]:
+        pinv = TRAKScorer().fit_score(ScoringInputs(train=tr, reference=rf, train_probs=pr))
+        ridge = TRAKScorer(lambda_reg=1e-6).fit_score(ScoringInputs(train=tr, reference=rf, train_probs=pr))
+        assert np.corrcoef(pinv, ridge)[0, 1] > 0.999
+
+
+def test_projection_at_scoring_time_equals_projection_while_gathering() -> None:
+    """The projector applied to stored gradients is the engine's compressor with the same seed (CPU)."""
+    train, target, states = _data()
+    model = _MLP()
+    model.load_state_dict(states[1])
+    full, proj = PerSampleGradients("all", progress=False), PerSampleGradients("all", GaussianCompressor(24, seed=3),
+                                                                                 progress=False)
+    with margin_output(model):
+        ft, fr, pt, pr = (e.gather(model, d) for e in (full, proj) for d in (train, target))
+    probs = predict_probs(model, train)
+    late = TRAKScorer(projector=GaussianCompressor(24, seed=3)).fit_score(ScoringInputs(ft, fr, probs))
+    early = TRAKScorer().fit_score(ScoringInputs(pt, pr, probs))
+    np.testing.assert_allclose(late, early, rtol=1e-4, atol=1e-6 * np.abs(early).max())
 
 
 def _rows(gs, k: int):

@@ -1,5 +1,7 @@
-"""Kronecker factors of Linear / Conv1D / Conv2d layers for K-FAC and EK-FAC influence, gathered with forward
-hooks like the gradient engine's (``attribution/gradients.py``), in kronfluence 1.0.1's conventions.
+"""Kronecker factors of Linear / Conv1D / Conv2d layers for K-FAC and EK-FAC influence.
+
+They are gathered with forward hooks like the gradient engine's (``attribution/gradients.py``), in kronfluence
+1.0.1's conventions.
 
 For a layer with per-sample gradient ``G = sum_t g_t a_t^T`` (``a``: layer input, with a trailing 1 when the bias
 is selected; ``g``: gradient of the per-sample loss w.r.t. the layer output; ``t``: tokens or conv patches), K-FAC
@@ -8,8 +10,9 @@ both averaged over the rows ``(sample, t)`` the layer saw (kronfluence's ``count
 Grosse et al. 2023 Eq. 20) keeps the eigenbasis ``Q_A kron Q_S`` and replaces the eigenvalues by the exact
 diagonal of the per-sample Fisher in that basis, ``Lambda[o, i] = (1/n) sum_k (Q_S^T G_k Q_A)[o, i]^2``.
 
-Pseudo-gradient (kronfluence's ``use_empirical_fisher``): ``fisher="true"`` (kronfluence's default) differentiates
-the loss at labels sampled from the model's own predictive distribution, ``fisher="empirical"`` at the given labels.
+Pseudo-gradient (kronfluence's ``use_empirical_fisher``): ``empirical_fisher=False`` (kronfluence's default, the true
+Fisher) differentiates the loss at labels sampled from the model's own predictive distribution, ``True`` at the given
+labels.
 Sampled labels are a deterministic function of (seed, sample index) (:func:`sampled_labels`), so both passes and any
 re-run see the same labels. Damping is a scoring-time choice (``scoring/kfac.py``), as kronfluence's
 ``ScoreArguments.damping_factor``.
@@ -29,9 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsift.attribution.gradient_set import Block
-from gradsift.attribution.gradients import _progress, hook_rule, select_parameters
+from gradsift.attribution.gradients import hook_rule, progress_bar, select_parameters
 
-FISHERS = ("true", "empirical")
 STRATEGIES = ("kfac", "ekfac")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -54,8 +56,17 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_uniforms(index: torch.Tensor, seed: int) -> torch.Tensor:
-    """One float64 uniform in [0, 1) per sample index, a function of (seed, index) only (device and batching
-    independent)."""
+    """One float64 uniform in [0, 1) per sample index, a function of (seed, index) only.
+
+    The same on every device and for any batching.
+
+    Args:
+        index: the samples' dataset indices.
+        seed: the sampling seed.
+
+    Returns:
+        float64 uniforms, one per index.
+    """
     s = _hash32(torch.tensor(int(seed) & 0xFFFFFFFF, dtype=torch.int64, device=index.device))
     x = _hash32(_hash32(index.to(torch.int64) & 0xFFFFFFFF) ^ s)
     return x.double() / 2.0 ** 32
@@ -100,6 +111,7 @@ class LayerFactors:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(out, in)`` of the layer's gradient matrix (``in`` with the bias column)."""
         return len(self.s_vals), len(self.a_vals)
 
 
@@ -114,27 +126,40 @@ class KroneckerFactors:
     layers: list[LayerFactors]
     blocks: list[Block]
     strategy: str
-    fisher: str
+    empirical_fisher: bool
     n_samples: int
     reference_gradient: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
+        """Width of the uncompressed gradient vector the factors refer to."""
         return self.blocks[-1].stop if self.blocks else 0
 
     def block(self, name: str) -> Block:
+        """The uncompressed block of parameter ``name``.
+
+        Args:
+            name: a parameter name of ``blocks``.
+
+        Returns:
+            Its column range.
+        """
         for b in self.blocks:
             if b.name == name:
                 return b
         raise KeyError(name)
 
     def save(self, path: str) -> None:
-        """One ``.npz`` with every array (no pickles)."""
+        """Write one ``.npz`` with every array (no pickles).
+
+        Args:
+            path: the file to write.
+        """
         arrays: dict[str, np.ndarray] = {
             "block_names": np.array([b.name for b in self.blocks]),
             "block_bounds": np.array([[b.start, b.stop] for b in self.blocks], dtype=np.int64).reshape(-1, 2),
-            "header": np.array([self.strategy, self.fisher, str(self.n_samples)]),
+            "header": np.array([self.strategy, str(int(self.empirical_fisher)), str(self.n_samples)]),
             "layer_names": np.array([[f.module, f.weight, f.bias or "", f.layout] for f in self.layers]).reshape(-1, 4),
         }
         for i, f in enumerate(self.layers):
@@ -147,15 +172,23 @@ class KroneckerFactors:
 
     @classmethod
     def load(cls, path: str) -> "KroneckerFactors":
+        """Read what :meth:`save` wrote.
+
+        Args:
+            path: the ``.npz`` file.
+
+        Returns:
+            The factors.
+        """
         with np.load(path, allow_pickle=False) as z:
             blocks = [Block(str(n), int(s), int(e)) for n, (s, e) in zip(z["block_names"], z["block_bounds"])]
-            strategy, fisher, n = (str(x) for x in z["header"])
+            strategy, empirical, n = (str(x) for x in z["header"])
             layers = []
             for i, (module, weight, bias, layout) in enumerate(z["layer_names"]):
                 arr = {k: z[f"{i}.{k}"] if f"{i}.{k}" in z else None for k in ("a_vecs", "a_vals", "s_vecs", "s_vals", "lam")}
                 layers.append(LayerFactors(str(module), str(weight), str(bias) or None, str(layout), **arr))
             ref = z["reference_gradient"] if "reference_gradient" in z else None
-        return cls(layers, blocks, strategy, fisher, int(n), ref)
+        return cls(layers, blocks, strategy, empirical == "1", int(n), ref)
 
 
 # -- the gatherer ----------------------------------------------------------------------------------------------
@@ -192,17 +225,17 @@ class KroneckerFactorGatherer:
     ``dtype`` is the covariance accumulation dtype (kronfluence: float32); eigendecompositions run in float64.
     """
 
-    def __init__(self, parameters: str | list[str] = "all", strategy: str = "ekfac", fisher: str = "true",
+    def __init__(self, parameters: str | list[str] = "all", strategy: str = "ekfac", empirical_fisher: bool = False,
                  seed: int = 0, dtype: str = "float32", device: str | None = None, progress: bool = True,
                  max_chunk_bytes: int = 1 << 28):
         if strategy not in STRATEGIES:
             raise ValueError(f"kfac.strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if fisher not in FISHERS:
-            raise ValueError(f"kfac.fisher must be one of {FISHERS} (kronfluence's use_empirical_fisher=False / True), "
-                             f"got {fisher!r}")
+        if not isinstance(empirical_fisher, bool):
+            raise ValueError(f"empirical_fisher must be true or false (kronfluence's use_empirical_fisher), got "
+                             f"{empirical_fisher!r}")
         if dtype not in _DTYPES:
             raise ValueError(f"kfac.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        self.parameters, self.strategy, self.fisher, self.seed = parameters, strategy, fisher, int(seed)
+        self.parameters, self.strategy, self.empirical_fisher, self.seed = parameters, strategy, empirical_fisher, int(seed)
         self.dtype, self.device, self.progress = _DTYPES[dtype], device, progress
         self.max_chunk_bytes = int(max_chunk_bytes)
 
@@ -264,8 +297,11 @@ class KroneckerFactorGatherer:
         lay.s_count += count
 
     def _diagonal(self, lay: _Layer, acts: torch.Tensor, gout: torch.Tensor) -> None:
-        """Add ``sum_k (Q_S^T G_k Q_A)^2`` of this call's samples to ``lay.lam_sum`` (a module called once per batch),
-        or this call's rotated per-sample gradients to ``lay.rotated`` (a shared module, squared at batch end)."""
+        """Add this call's part of EK-FAC's diagonal.
+
+        ``sum_k (Q_S^T G_k Q_A)^2`` goes to ``lay.lam_sum`` for a module called once per batch; a shared module adds
+        its rotated per-sample gradients to ``lay.rotated``, squared at batch end.
+        """
         ra, rg = acts @ lay.q_a, gout @ lay.q_s  # [B, T, in], [B, T, out]
         B, T = ra.shape[:2]
         if lay.calls == 1 and T == 1:  # (g a^T)^2 = g^2 (a^2)^T: no per-sample matrix at all
@@ -312,7 +348,7 @@ class KroneckerFactorGatherer:
 
         handles = [m.register_forward_hook(fwd_hook) for m in by_module]
         try:
-            for batch in _progress(loader, desc, self.progress):
+            for batch in progress_bar(loader, desc, self.progress):
                 batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
                 batch = self._pseudo_labelled(module, batch)
                 state["batch"], state["calls"] = batch, {}
@@ -335,11 +371,11 @@ class KroneckerFactorGatherer:
 
     def _pseudo_labelled(self, module: nn.Module, batch: dict) -> dict:
         """The batch with labels sampled from the model (true Fisher), or unchanged (empirical Fisher)."""
-        if self.fisher == "empirical":
+        if self.empirical_fisher:
             return batch
         if not callable(getattr(module, "logits", None)):
-            raise ValueError(f"kfac.fisher='true' samples labels from module.logits(batch), which "
-                             f"{type(module).__name__} does not have; use kfac.fisher=empirical")
+            raise ValueError(f"the true Fisher samples labels from module.logits(batch), which {type(module).__name__} "
+                             "does not have; use the empirical Fisher (scorer.empirical_fisher=true)")
         with torch.no_grad():
             probs = module.logits(batch).float().softmax(-1)
         return {**batch, "label": sampled_labels(probs, batch["index"], self.seed).to(batch["label"].device)}
@@ -351,7 +387,7 @@ class KroneckerFactorGatherer:
         """Factors of every covered layer over ``loader`` (the training split, unshuffled), eval mode.
 
         Args:
-            module: an attributable module (``per_sample_loss(batch)``; ``logits(batch)`` for ``fisher="true"``).
+            module: an attributable module (``per_sample_loss(batch)``; ``logits(batch)`` for the true Fisher).
             loader: the training batches the factors average over.
             reference: batches of the reference split; when given, their mean loss gradient is stored as
                 ``reference_gradient`` (needed to score compressed gradients).
@@ -392,7 +428,7 @@ class KroneckerFactorGatherer:
             ref = mean_gradient(module, reference, self.parameters, self.device) if reference is not None else None
         finally:
             module.train(was_training)
-        return KroneckerFactors(out, blocks, self.strategy, self.fisher, n, ref,
+        return KroneckerFactors(out, blocks, self.strategy, self.empirical_fisher, n, ref,
                                 meta={"parameters": [b.name for b in blocks], "seed": self.seed})
 
 
@@ -454,8 +490,16 @@ def weight_matrix(vector: np.ndarray, factors: KroneckerFactors, layer: LayerFac
 
 
 def put_weight_matrix(vector: np.ndarray, factors: KroneckerFactors, layer: LayerFactors, mat: np.ndarray) -> None:
-    """Write a layer's ``[out, in(+1)]`` matrix back into an uncompressed gradient vector (inverse of
-    :func:`weight_matrix`)."""
+    """Write a layer's ``[out, in(+1)]`` matrix back into an uncompressed gradient vector.
+
+    The inverse of :func:`weight_matrix`.
+
+    Args:
+        vector: the uncompressed vector(s) ``[..., d]`` to write into.
+        factors: the factors whose blocks locate the layer's columns.
+        layer: the layer.
+        mat: its matrix ``[..., out, in(+1)]``.
+    """
     wb = factors.block(layer.weight)
     w = mat[..., :-1] if layer.bias is not None else mat
     if layer.layout == "in_out":
@@ -467,4 +511,4 @@ def put_weight_matrix(vector: np.ndarray, factors: KroneckerFactors, layer: Laye
 
 
 __all__ = ["KroneckerFactorGatherer", "KroneckerFactors", "LayerFactors", "sampled_labels", "sample_uniforms",
-           "mean_gradient", "weight_matrix", "put_weight_matrix", "FISHERS", "STRATEGIES"]
+           "mean_gradient", "weight_matrix", "put_weight_matrix", "STRATEGIES"]

@@ -1,7 +1,9 @@
-"""Gradients gathered at several saved checkpoints of one training run (TracInCP) or of several models (TRAK's
-ensemble), as scorers read them: ``ScoringInputs.extra["checkpoints"]`` is a list of :class:`CheckpointInputs`.
-Without it, the final model's gradients (``inputs.train``/``inputs.val``/``inputs.train_probs``) are the one
-checkpoint."""
+"""Gradients gathered at several saved checkpoints, as scorers read them.
+
+Checkpoints of one training run (TracInCP) or several models (TRAK's ensemble): ``ScoringInputs.extra["checkpoints"]``
+is a list of :class:`CheckpointInputs`. Without it, the final model's gradients (``inputs.train`` /
+``inputs.reference`` / ``inputs.train_probs``) are the one checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +17,15 @@ from gradsift.scoring.base import ScoringInputs
 
 @dataclass
 class CheckpointInputs:
-    """What a scorer may read at one checkpoint: training and reference gradients, predicted probabilities on the
-    training rows, and the learning rate in effect there (TracInCP's weight, Pruthi et al. 2020 Eq. 3)."""
+    """What a scorer may read at one checkpoint.
+
+    Attributes:
+        train: the training gradients (the rows of ``ScoringInputs.train``, in its order).
+        reference: the reference split's gradients.
+        train_probs: predicted probabilities of the training rows ``[n, C]``.
+        learning_rate: the learning rate in effect there (TracInCP's weight, Pruthi et al. 2020 Eq. 3).
+        name: a label for messages (``"epoch 3"``).
+    """
 
     train: GradientSet
     reference: GradientSet | None = None
@@ -27,8 +36,9 @@ class CheckpointInputs:
 
 def checkpoint_inputs(inputs: ScoringInputs, need_reference: bool = True,
                       need_probs: bool = False) -> list[CheckpointInputs]:
-    """The checkpoints of ``inputs``, checked: every one covers the training rows of ``inputs.train`` in the same
-    order, and has what the scorer needs.
+    """The checkpoints of ``inputs``, checked.
+
+    Every one must cover the training rows of ``inputs.train`` in the same order and have what the scorer needs.
 
     Args:
         inputs: the scoring inputs; ``extra["checkpoints"]`` or the final model alone.
@@ -40,7 +50,7 @@ def checkpoint_inputs(inputs: ScoringInputs, need_reference: bool = True,
     """
     ckpts = inputs.extra.get("checkpoints")
     if ckpts is None:
-        ckpts = [CheckpointInputs(inputs.train, inputs.val, inputs.train_probs, 1.0, "final")]
+        ckpts = [CheckpointInputs(inputs.train, inputs.reference, inputs.train_probs, 1.0, "final")]
     if not ckpts:
         raise ValueError("inputs.extra['checkpoints'] is empty: set attribution.checkpoints to the epochs to gather at")
     for c in ckpts:

@@ -1,6 +1,7 @@
-"""K-FAC and EK-FAC influence (kronfluence's main methods; Grosse et al. 2023) from Kronecker factors the engine side
-gathered (``attribution/kfac.py``), with gradsift's sign: ``score(z_k) = -(mean_j g_ref_j)^T (H + lambda)^-1 g_k``,
-higher = more detrimental (see ``scoring/influence.py``).
+"""K-FAC and EK-FAC influence (kronfluence's main methods; Grosse et al. 2023) with gradsift's sign.
+
+From Kronecker factors gathered on the engine side (``attribution/kfac.py``):
+``score(z_k) = -(mean_j g_ref_j)^T (H + lambda)^-1 g_k``, higher = more detrimental (see ``scoring/influence.py``).
 
 Per covered layer, with the reference gradient as a matrix ``V [out, in]`` and the factors' eigenbases ``Q_A, Q_S``:
 ``(H + lambda)^-1 V = Q_S ((Q_S^T V Q_A) / (D + lambda)) Q_A^T`` where ``D[o, i] = s_o a_i`` (K-FAC: products of
@@ -26,13 +27,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gradsift.attribution.kfac import FISHERS, KroneckerFactors, LayerFactors, put_weight_matrix, weight_matrix
+from gradsift.attribution.kfac import KroneckerFactors, LayerFactors, put_weight_matrix, weight_matrix
 from gradsift.scoring.base import ScoringInputs
-from gradsift.scoring.influence import _InfluenceScorer, _matvec
+from gradsift.scoring.influence import InfluenceScorer, matvec
 
 
 def layer_damping(factors: LayerFactors, diagonal: np.ndarray, damping: float | str) -> float:
-    """kronfluence's damping: a non-negative float as given, or ``"auto"`` = 0.1 * mean of the layer's diagonal."""
+    """The damping kronfluence adds: a non-negative float as given, or ``"auto"`` = 0.1 * mean of the diagonal.
+
+    Args:
+        factors: the layer (named in errors).
+        diagonal: the layer's curvature diagonal in its Kronecker eigenbasis.
+        damping: ``"auto"`` or a non-negative float.
+
+    Returns:
+        The layer's damping.
+    """
     if damping == "auto":
         return 0.1 * float(np.mean(diagonal))
     if isinstance(damping, (int, float)) and not isinstance(damping, bool) and damping >= 0:
@@ -81,23 +91,23 @@ def precondition(factors: KroneckerFactors, vectors: np.ndarray, damping: float 
     return out
 
 
-class KFACScorer(_InfluenceScorer):
+class KFACScorer(InfluenceScorer):
     """K-FAC influence: ``-(v)^T (A kron S + lambda)^-1 g_k`` per covered layer (George et al. 2018 Eq. 3 basis).
 
     Reads ``inputs.extra["kfac"]`` (:class:`~gradsift.attribution.kfac.KroneckerFactors`); ``needs_kfac`` asks the
-    pipeline to gather them with this scorer's ``strategy`` and ``fisher``.
+    pipeline to gather them with this scorer's ``strategy`` and ``empirical_fisher``.
     """
 
     display_name = "K-FAC"
     strategy = "kfac"
     needs_kfac = True
 
-    def __init__(self, damping: float | str = "auto", fisher: str = "true", chunk_size: int = 4096,
+    def __init__(self, damping: float | str = "auto", empirical_fisher: bool = False, chunk_size: int = 4096,
                  display_name: str | None = None):
         super().__init__(damping, chunk_size, display_name)
-        if fisher not in FISHERS:
-            raise ValueError(f"scorer.fisher must be one of {FISHERS}, got {fisher!r}")
-        self.fisher = fisher
+        if not isinstance(empirical_fisher, bool):
+            raise ValueError(f"scorer.empirical_fisher must be true or false, got {empirical_fisher!r}")
+        self.empirical_fisher = empirical_fisher
         self.compressed: bool | None = None
 
     def _factors(self, inputs: ScoringInputs) -> KroneckerFactors:
@@ -105,12 +115,21 @@ class KFACScorer(_InfluenceScorer):
         if not isinstance(factors, KroneckerFactors):
             raise ValueError(f"{type(self).__name__} needs inputs.extra['kfac'] (KroneckerFactors from "
                              "gradsift.attribution.kfac.KroneckerFactorGatherer)")
-        if factors.fisher != self.fisher:
-            raise ValueError(f"scorer.fisher={self.fisher!r} but the factors were gathered with fisher="
-                             f"{factors.fisher!r}")
+        if factors.empirical_fisher != self.empirical_fisher:
+            raise ValueError(f"scorer.empirical_fisher={self.empirical_fisher} but the factors were gathered with "
+                             f"empirical_fisher={factors.empirical_fisher}")
         return factors
 
     def fit(self, inputs: ScoringInputs) -> "KFACScorer":
+        """Precondition the mean reference gradient with the factors and take its dot product with every row.
+
+        Args:
+            inputs: training and reference gradients, ``extra["kfac"]`` (and ``extra["compressor"]`` for
+                compressed gradients).
+
+        Returns:
+            The fitted scorer.
+        """
         factors = self._factors(inputs)
         train = inputs.train
         self.compressed = [(b.name, b.size) for b in train.blocks] != [(b.name, b.size) for b in factors.blocks]
@@ -118,7 +137,7 @@ class KFACScorer(_InfluenceScorer):
             w = precondition(factors, self._reference(inputs), self.damping, self.strategy)
         else:
             w = self._compressed_direction(inputs, factors)
-        self._scores = -_matvec(train.grads, w, self.chunk_size)
+        self._scores = -matvec(train.grads, w, self.chunk_size)
         return self
 
     def _compressed_direction(self, inputs: ScoringInputs, factors: KroneckerFactors) -> np.ndarray:
@@ -147,8 +166,10 @@ class KFACScorer(_InfluenceScorer):
 
 
 class EKFACScorer(KFACScorer):
-    """EK-FAC influence (kronfluence's default ``strategy="ekfac"``): K-FAC's eigenbasis with the eigen-corrected
-    diagonal ``Lambda`` (George et al. 2018; Grosse et al. 2023 Sec. 2.2)."""
+    """EK-FAC influence, kronfluence's default ``strategy="ekfac"``.
+
+    K-FAC's eigenbasis with the eigen-corrected diagonal ``Lambda`` (George et al. 2018; Grosse et al. 2023 Sec. 2.2).
+    """
 
     display_name = "EK-FAC"
     strategy = "ekfac"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from gradsift.lds import linear_datamodeling_score, subset_masks
+from gradsift.scoring.lds import linear_datamodeling_score, subset_masks
 
 
 def test_subset_masks_keep_the_fraction_and_are_seeded() -> None:
@@ -15,7 +15,7 @@ def test_subset_masks_keep_the_fraction_and_are_seeded() -> None:
     assert (masks == subset_masks(50, 8, 0.5, seed=3)).all()
     assert not (masks == subset_masks(50, 8, 0.5, seed=4)).all()
     assert len({m.tobytes() for m in masks}) == 8
-    with pytest.raises(ValueError, match="lds.fraction"):
+    with pytest.raises(ValueError, match="metric.fraction"):
         subset_masks(50, 8, 1.0, seed=0)
 
 

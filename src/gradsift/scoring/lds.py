@@ -30,12 +30,12 @@ def subset_masks(n: int, n_subsets: int, fraction: float, seed: int) -> np.ndarr
         The masks, row j = subset j.
     """
     if not 0 < fraction < 1:
-        raise ValueError(f"lds.fraction must be in (0, 1), got {fraction!r}")
+        raise ValueError(f"metric.fraction must be in (0, 1), got {fraction!r}")
     if n_subsets < 2:
-        raise ValueError(f"lds.n_subsets must be >= 2 (a rank correlation over subsets), got {n_subsets!r}")
+        raise ValueError(f"metric.n_subsets must be >= 2 (a rank correlation over subsets), got {n_subsets!r}")
     k = int(round(fraction * n))
     if not 0 < k < n:
-        raise ValueError(f"lds.fraction={fraction} keeps {k} of {n} rows; it must keep at least one and drop one")
+        raise ValueError(f"metric.fraction={fraction} keeps {k} of {n} rows; it must keep at least one and drop one")
     rng = np.random.default_rng(seed)
     masks = np.zeros((n_subsets, n), dtype=bool)
     for j in range(n_subsets):
@@ -71,4 +71,43 @@ def linear_datamodeling_score(scores: np.ndarray, masks: np.ndarray, losses: np.
     return out
 
 
-__all__ = ["subset_masks", "linear_datamodeling_score"]
+class LinearDatamodelingScore:
+    """The ``metric=lds`` evaluation of a run's scores: its subsets and the score (``conf/metric/lds.yaml``).
+
+    The pipeline trains one model of the run's recipe per subset (through the retrain cache, so the scorers of a
+    sweep share them) and records their clean test losses; the target is the mean test loss, since a trim-flow
+    scorer gives one score per training sample.
+
+    Args:
+        n_subsets: the number of subsets (models trained).
+        fraction: the kept fraction of the training rows per subset.
+        seed: the subsets' seed.
+    """
+
+    def __init__(self, n_subsets: int = 50, fraction: float = 0.5, seed: int = 0):
+        if not 0 < fraction < 1:
+            raise ValueError(f"metric.fraction must be in (0, 1), got {fraction!r}")
+        if int(n_subsets) < 2:
+            raise ValueError(f"metric.n_subsets must be >= 2 (a rank correlation over subsets), got {n_subsets!r}")
+        self.n_subsets, self.fraction, self.seed = int(n_subsets), float(fraction), int(seed)
+
+    def masks(self, n: int) -> np.ndarray:
+        """The ``[n_subsets, n]`` kept-row masks of ``n`` training rows."""
+        return subset_masks(n, self.n_subsets, self.fraction, self.seed)
+
+    def __call__(self, scores: np.ndarray, masks: np.ndarray, losses: np.ndarray) -> float:
+        """The LDS of ``scores`` against the subsets' losses (the mean over targets).
+
+        Args:
+            scores: ``[n]`` scores of the training rows, higher = more detrimental.
+            masks: what :meth:`masks` returned.
+            losses: ``[n_subsets]`` test losses of the models trained on the subsets.
+
+        Returns:
+            The Spearman correlation (NaN when the scores or the losses are constant).
+        """
+        values = linear_datamodeling_score(scores, masks, losses)
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+__all__ = ["subset_masks", "linear_datamodeling_score", "LinearDatamodelingScore"]
