@@ -221,8 +221,10 @@ def scorer_inputs(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Sco
     return art
 
 
-def _extra_entry(cfg: DictConfig, kind: str, key: dict, build) -> tuple[Path, float]:
-    """A scorer-specific cache entry: ``build(folder)`` on a miss; returns the folder and its build seconds."""
+def _extra_entry(cfg: DictConfig, kind: str, key: dict, build, collective: bool = False) -> tuple[Path, float]:
+    """A scorer-specific cache entry: ``build(folder)`` on a miss; returns the folder and its build seconds.
+
+    ``collective``: the build trains (every rank of a multi-process launch takes part, see ``ArtifactCache``)."""
     cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
 
     def timed(out: Path) -> None:
@@ -230,7 +232,7 @@ def _extra_entry(cfg: DictConfig, kind: str, key: dict, build) -> tuple[Path, fl
         build(out)
         (out / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
 
-    path, _ = cache.get_or_create(kind, config_hash(key), timed)
+    path, _ = cache.get_or_create(kind, config_hash(key), timed, collective=collective)
     return path, float(json.loads((path / "seconds.json").read_text())["seconds"])
 
 
@@ -332,7 +334,7 @@ def kfold_probs(cfg: DictConfig, datamodule: NoisyLabelDataModule, model_key: st
             np.save(out / "rows.npy", held_rows)
 
         path, s = _extra_entry(cfg, "fold", {"model": model_key, "folds": folds, "fold": i, "seed": int(cfg.seed)},
-                               build)
+                               build, collective=True)
         held = np.load(path / "probs.npy")
         if probs is None:
             probs = np.zeros((train.n, held.shape[1]), dtype=held.dtype)
