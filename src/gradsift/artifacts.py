@@ -66,7 +66,6 @@ class BaseArtifacts:
         model_meta: the base model's ``base_test`` metrics and ``train_s``.
         meta: the gradients' ``gradients_s``, compressor state and gather world size.
         model_dir: the base model's cache entry (``model.pt``, ``checkpoints/``).
-        path: the gradients' cache entry.
         extras_s: seconds the scorer-specific inputs took to build (:func:`scorer_inputs`; 0 before), counted when
             they came from the cache too, so a method's cost does not depend on the order of a sweep.
     """
@@ -79,7 +78,6 @@ class BaseArtifacts:
     model_meta: dict
     meta: dict
     model_dir: Path | None = None
-    path: Path | None = None
     extras_s: float = 0.0
 
 
@@ -175,7 +173,7 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, hessian: b
     return BaseArtifacts(inputs=ScoringInputs(train=train, reference=reference, train_probs=probs, seed=cfg.seed,
                                               extra=extra),
                          key=key, hit=hit, model_key=model_dir.name, model_hit=model_hit, model_meta=model_meta,
-                         meta=json.loads((path / "meta.json").read_text()), model_dir=model_dir, path=path)
+                         meta=json.loads((path / "meta.json").read_text()), model_dir=model_dir)
 
 
 def scorer_inputs(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Scorer, art: BaseArtifacts) -> BaseArtifacts:
