@@ -84,7 +84,7 @@ def test_matches_traker(projection: str, tmp_path) -> None:
     """traker divides projected gradients by sqrt(#parameters), which scales its scores by 1/#parameters after the
     1/mean|K| normalisation: ours = -mean_t(traker) * #parameters, with our lambda_reg = traker's * #parameters.
     Uncompressed margin gradients are rank-deficient (shifting every logit leaves the margin unchanged), so that
-    case needs a ridge. Measured max relative difference 6e-5 (projected) and 2e-4 (ridge), float32."""
+    case needs a ridge. Measured max relative difference 6e-5 (projected) and 4e-5 (ridge), float32."""
     pytest.importorskip("trak")
     from trak.projectors import AbstractProjector, NoOpProjector
     from trak.utils import vectorize
