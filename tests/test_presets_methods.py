@@ -16,8 +16,8 @@ TINY = ["data.subset=60", "data.test_size=20", "data.val_size=10", "data.device=
 @pytest.mark.parametrize("scorer", ["ekfac", "trak", "tracin_cp", "self_confidence_kfold", "l2"])
 def test_methods_preset_runs_on_cpu(scorer, tmp_path, shared_data):
     extra = ["scorer.folds=2"] if scorer.endswith("kfold") else []
-    if scorer == "tracin_cp":  # the linear schedule warms up from lr 0: fast_dev_run's one step would weigh 0
-        extra.append("model.schedule=constant")
+    if scorer == "tracin_cp":  # the triangular schedule warms up from lr 0: fast_dev_run's one step would weigh 0
+        extra.append("model.scheduler=null")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=methods_cifar10n_5k", f"scorer={scorer}", *TINY, *extra,
                                            f"paths.data_dir={shared_data}", f"paths.cache_dir={tmp_path / 'cache'}"])

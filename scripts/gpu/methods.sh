@@ -13,9 +13,9 @@
 # ../shared/data). Env: SEEDS, NOISE (default worst,aggregate), OUT (results folder), LIMIT (seconds for the whole
 # script, default 540), NJOBS, SUBSETS (LDS subsets, default the preset's 20). CPU dry run: DEVICE_SETUP=0 PY=.venv/bin/python NJOBS=1
 # GRADSIFT_DATA=../shared/data EXTRA='+trainer.fast_dev_run=true data.device=cpu trainer.precision=32-true
-# torch_threads=1 model.schedule=constant data.subset=200 data.val_size=40 data.test_size=60
+# torch_threads=1 model.scheduler=null data.subset=200 data.val_size=40 data.test_size=60
 # attribution.checkpoints=[1] trak_proj_dim=16 paths.cache_dir=/tmp/dry/cache' (EXTRA goes to the run.py call;
-# model.schedule=constant because the linear schedule's warm-up gives fast_dev_run's one step a zero learning rate).
+# model.scheduler=null because the triangular schedule's warm-up gives fast_dev_run's one step a zero learning rate).
 set -u
 T0=$(date +%s); LIMIT=${LIMIT:-540}; END=$((T0 + LIMIT))
 OUT=${OUT:-/tmp/methods_out}; SEEDS=${SEEDS:-0}; EXTRA=${EXTRA:-}; PY=${PY:-python3}
