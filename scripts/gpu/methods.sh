@@ -4,7 +4,8 @@
 #   SEEDS=0 NOISE=worst bash scripts/gpu/methods.sh    half a seed per call, should one seed overrun the limit
 # Publish: unpack each call's $OUT/results.tgz into multirun_summaries/runs/gpu_methods/ (its multirun/gpu_methods_s*
 # folders), then python experiments/summarize.py multirun_summaries/runs/gpu_methods/multirun --table
-# methods.methods_cifar10n_5k --out multirun_summaries/methods_cifar10n_5k
+# methods.methods_cifar10n_5k --out multirun_summaries/methods_cifar10n_5k (tests/test_presets_recipes.py reads every
+# committed result.json as the pre-recipe layout, model.lr: it must skip these new-layout runs first)
 # Worst and aggregate labels, 19 scorers, NJOBS (default 4) jobs side by side on the one GPU. The base model, its
 # gradients, the K-FAC factors, TRAK's margins, the checkpoint gradients, the k-fold models and the 20 LDS subset
 # models are each trained / gathered once per (noise, seed) under the cache lock and shared by the jobs.
