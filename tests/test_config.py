@@ -12,7 +12,7 @@ from gradsift import CONFIG_DIR
 
 CONF = CONFIG_DIR
 # groups whose options are instantiated on their own (data/model/... are constructed, not set up)
-GROUPS = ["data", "model", "trainer", "gradients", "compressor", "scorer", "trim", "logger"]
+GROUPS = ["data", "model", "trainer", "gradients", "compressor", "scorer", "trim", "logger", "metric"]
 # options that download weights from a hub when constructed: composed only, not instantiated offline
 HUB_ONLY = {("model", "roberta_large_lora"), ("model", "roberta_base_lora"), ("model", "gpt2"),
             ("model", "pythia_1b4"), ("model", "llama3_2_1b"), ("model", "llama2_13b_chat_lora"),

@@ -220,8 +220,8 @@ def _committed_recipes() -> list[dict]:
     seen = {}
     for path in sorted((ROOT / "multirun_summaries" / "runs").rglob("result.json")):
         config = json.loads(path.read_text()).get("config") or {}
-        if "model" not in config:
-            continue
+        if "model" not in config or isinstance(config["model"].get("optimizer"), dict):
+            continue  # no model, or a run of today's layout (model.optimizer is an object): nothing to translate
         recipe = {k: config["model"][k] for k in keys if k in config["model"]}
         recipe["max_epochs"] = config["trainer"]["max_epochs"]
         seen.setdefault(json.dumps(recipe, sort_keys=True), recipe)

@@ -19,6 +19,7 @@ nothing of scorers, and this module is the one place that combines them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gradsift.attribution.compressors import IdentityCompressor
 from gradsift.attribution.distributed import gather_distributed
 from gradsift.attribution.gradient_set import GradientSet
 from gradsift.attribution.gradients import PerSampleGradients, select_parameters
 from gradsift.attribution.hessian import loss_hessian
+from gradsift.attribution.kfac import KroneckerFactorGatherer, KroneckerFactors
+from gradsift.attribution.model_output import MARGIN, margin_output
 from gradsift.scoring.base import Scorer, ScoringInputs
+from gradsift.scoring.checkpoints import CheckpointInputs
 from gradsift.trim import Trim
 
 #: which split's mean gradient is the reference loss of influence methods (``train`` reuses the training gradients)
@@ -135,7 +140,9 @@ class Attributor:
 
         Returns:
             The scorer's inputs: ``reference`` is the training set itself for ``reference="train"``, None when the
-            datamodule has no such split; ``train_probs`` and ``extra["hessian"]`` are filled when asked for.
+            datamodule has no such split; ``train_probs`` and ``extra["hessian"]`` are filled when asked for, and
+            for a scorer with ``needs_kfac`` ``extra["kfac"]`` (plus ``extra["compressor"]``, the engine's compressor,
+            for compressed gradients). Gradients are of TRAK's margin for a scorer with ``model_output="margin"``.
 
         Raises:
             TypeError: the module has no ``per_sample_loss``.
@@ -144,7 +151,8 @@ class Attributor:
             raise TypeError(f"{type(module).__name__} has no per_sample_loss(batch) -> Tensor[B]; "
                             "see gradsift.models.base for the contract")
         t0 = time.perf_counter()
-        sets = self._gather_sets(module, datamodule, dist)
+        with self.model_output(module):
+            sets = self._gather_sets(module, datamodule, dist)
         self.timings["gradients_s"] = time.perf_counter() - t0
         train = sets["train"]
         want_probs = self.probs if self.probs is not None else bool(self.scorer and self.scorer.needs_probs)
@@ -154,8 +162,81 @@ class Attributor:
         extra = {}
         if self.scorer is not None and self.scorer.needs_hessian:
             extra["hessian"] = self.hessian(module, datamodule)
+        if self.scorer is not None and self.scorer.needs_kfac:
+            extra["kfac"] = self.kronecker_factors(module, datamodule, self.scorer.strategy,
+                                                   self.scorer.empirical_fisher)
+            if not isinstance(self.engine.compressor, IdentityCompressor):
+                extra["compressor"] = self.engine.compressor  # set up by the gather on the uncompressed blocks
         reference = train if self.reference == "train" else sets.get(self.reference)
         return ScoringInputs(train=train, reference=reference, train_probs=probs, seed=self.seed, extra=extra)
+
+    def model_output(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """What the engine differentiates for the scorer: a ``with`` block (TRAK's margin, or the loss as is)."""
+        if self.scorer is not None and self.scorer.model_output == MARGIN:
+            return margin_output(module)
+        return contextlib.nullcontext(module)
+
+    def reference_loader(self, datamodule):
+        """The reference split's unshuffled loader (the training split's for ``reference="train"``), or None."""
+        split = self.reference
+        if split != "train" and getattr(datamodule, f"{split}_set", None) is None:
+            return None
+        return datamodule.attribution_dataloader(split)
+
+    def kronecker_factors(self, module: torch.nn.Module, datamodule, strategy: str = "ekfac",
+                          empirical_fisher: bool = False) -> KroneckerFactors:
+        """K-FAC / EK-FAC factors of the engine's parameters over the training split (``attribution/kfac.py``).
+
+        Args:
+            module: the trained model.
+            datamodule: gives the training (and reference) loaders.
+            strategy: ``"kfac"`` or ``"ekfac"``.
+            empirical_fisher: False = the true Fisher (labels sampled from the model, seeded by the attributor's
+                seed), True = the given labels.
+
+        Returns:
+            The factors, with the full mean reference gradient (which compressed gradients need).
+        """
+        gatherer = KroneckerFactorGatherer(self.engine.parameters, strategy=strategy, empirical_fisher=empirical_fisher,
+                                           seed=self.seed,
+                                           device=self.engine.device, progress=self.engine.progress)
+        return gatherer.gather(module, datamodule.attribution_dataloader("train"),
+                               reference=self.reference_loader(datamodule))
+
+    def gather_checkpoints(self, module: torch.nn.Module, datamodule, checkpoints: list[dict]) -> list[CheckpointInputs]:
+        """The scorer's gradients (and probabilities) at each saved checkpoint, for TracInCP and TRAK's ensemble.
+
+        The module's own weights are restored afterwards.
+
+        Args:
+            module: the model (any weights; each checkpoint's ``state`` is loaded into it in turn).
+            datamodule: gives the training and reference loaders.
+            checkpoints: ``{"state": state_dict, "learning_rate": float, "name": str}`` per checkpoint
+                (:class:`gradsift.callback.EpochCheckpoints` records them).
+
+        Returns:
+            One :class:`~gradsift.scoring.checkpoints.CheckpointInputs` per checkpoint, in the given order.
+        """
+        final = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        want_probs = self.probs if self.probs is not None else bool(self.scorer and self.scorer.needs_probs)
+        out = []
+        try:
+            for ck in checkpoints:
+                module.load_state_dict(ck["state"])
+                with self.model_output(module):
+                    train = self.engine.gather(module, datamodule.attribution_dataloader("train"),
+                                               f"train gradients ({ck.get('name', 'checkpoint')})")
+                    ref_loader = self.reference_loader(datamodule) if self.needs_reference() else None
+                    reference = train if self.reference == "train" else (
+                        self.engine.gather(module, ref_loader, "reference gradients") if ref_loader is not None else None)
+                probs = None
+                if want_probs and callable(getattr(module, "logits", None)):
+                    probs = predict_probs(module, datamodule.attribution_dataloader("train"))
+                out.append(CheckpointInputs(train, reference, probs, float(ck.get("learning_rate", 1.0)),
+                                            str(ck.get("name", ""))))
+        finally:
+            module.load_state_dict(final)
+        return out
 
     def _gather_sets(self, module: torch.nn.Module, datamodule, dist: dict | None) -> dict[str, GradientSet]:
         loaders = {"train": (datamodule.attribution_dataloader("train"), "train gradients")}

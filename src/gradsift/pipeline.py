@@ -19,6 +19,7 @@ from gradsift.data.base import NoisyLabelDataModule
 from gradsift.loggers import log_run
 from gradsift.record import now, recorded, start_run, write_result
 from gradsift.scoring.base import Scorer
+from gradsift.scoring.lds import LinearDatamodelingScore
 from gradsift.trim import Trim, detection_metrics
 
 
@@ -49,7 +50,8 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         datamodule: NoisyLabelDataModule = instantiate(cfg.data)
         datamodule.setup()
         trim.validate(len(datamodule.train_set), getattr(datamodule, "has_noise_mask", True))  # before training
-        art = artifacts.base_artifacts(cfg, datamodule, hessian=scorer.needs_hessian)
+        art = artifacts.scorer_inputs(cfg, datamodule, scorer,
+                                      artifacts.base_artifacts(cfg, datamodule, hessian=scorer.needs_hessian))
         result["base_key"], result["cache_hit"], result["model_cache_hit"] = art.key, art.hit, art.model_hit
 
         attribution = attributor.score(art.inputs, datamodule)
@@ -70,10 +72,17 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
             metrics.update({f"test_{k}": v for k, v in test.items()})
         else:  # detection only (dropout Table 1): the scores and their AUC against the flip mask are the result
             result["finished_at"] = now()
+        lds_s = 0.0
+        if cfg.get("metric") is not None:
+            t0 = time.perf_counter()
+            metrics.update(linear_datamodeling(cfg, datamodule, attribution.scores, train.index, art.model_key))
+            lds_s = time.perf_counter() - t0
         result["metrics"] = metrics
         result["timings"] = {"train_s": art.model_meta["train_s"], "gradients_s": art.meta["gradients_s"],
-                             "score_s": attribution.score_s, "retrain_s": retrain_s,
-                             "total_s": time.perf_counter() - t_start}
+                             "extras_s": art.extras_s, "score_s": attribution.score_s, "retrain_s": retrain_s,
+                             "lds_s": lds_s, "total_s": time.perf_counter() - t_start,
+                             # the method's own cost, the same whether its inputs came from the cache or not
+                             "attribution_s": art.meta["gradients_s"] + art.extras_s + attribution.score_s}
         result["status"] = "ok"
         np.save(output_dir / "scores.npy", attribution.scores)
         if cfg.get("gallery") and callable(getattr(datamodule, "images", None)):
@@ -84,3 +93,33 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
                                     k=int(cfg.gallery), title=f"{method} | {result['dataset']} | seed {cfg.seed}")
         log_run(cfg, result, attribution.flagged, datamodule)
     return result
+
+
+def linear_datamodeling(cfg: DictConfig, datamodule: NoisyLabelDataModule, scores: np.ndarray, index: np.ndarray,
+                        model_key: str) -> dict:
+    """``metric=lds``: train on the metric's subsets of the training rows and rank them by the scores.
+
+    Every subset is retrained through :func:`gradsift.artifacts.retrain` (cached by model and kept set, so every
+    scorer of a sweep reuses them); its clean mean test loss is the target.
+
+    Args:
+        cfg: the run config (``metric``: a :class:`~gradsift.scoring.lds.LinearDatamodelingScore`).
+        datamodule: the full training data, set up.
+        scores: one score per training row, higher = more detrimental.
+        index: the training rows' sample indices.
+        model_key: the base model's cache key.
+
+    Returns:
+        ``{"lds", "lds_subsets", "lds_fraction", "lds_cache_hits"}``.
+    """
+    metric: LinearDatamodelingScore = instantiate(cfg.metric)
+    masks = metric.masks(len(index))
+    losses, hits = [], 0
+    for mask in masks:
+        test, _, hit, _ = artifacts.retrain(cfg, datamodule, index[mask], model_key)
+        if "loss" not in test:
+            raise ValueError(f"metric=lds needs the test loss of the retrained models; the model logs {sorted(test)}")
+        losses.append(test["loss"])
+        hits += bool(hit)
+    return {"lds": metric(scores, masks, np.array(losses)), "lds_subsets": metric.n_subsets,
+            "lds_fraction": metric.fraction, "lds_cache_hits": hits}

@@ -18,6 +18,9 @@ _EXPORTS = {
     "SparseRandomProjectionCompressor": ".compressors",
     "LoGraCompressor": ".compressors",
     "loss_hessian": ".hessian",
+    "KroneckerFactorGatherer": ".kfac",
+    "KroneckerFactors": ".kfac",
+    "margin_output": ".model_output",
     "gather_distributed": ".distributed",
     "torch_process_group": ".distributed",
 }

@@ -291,7 +291,7 @@ class PerSampleGradients:
 
         try:
             with _only_selected_require_grad(module, params):
-                for b, batch in enumerate(_progress(loader, desc, self.progress)):
+                for b, batch in enumerate(progress_bar(loader, desc, self.progress)):
                     if b < skip:
                         continue
                     batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
@@ -432,7 +432,8 @@ class _LossOf(nn.Module):
         return self.m.per_sample_loss(batch).sum()
 
 
-def _progress(it: Iterable, desc: str, enabled: bool) -> Iterable:
+def progress_bar(it: Iterable, desc: str, enabled: bool) -> Iterable:
+    """``it`` with a transient rich progress bar when ``enabled`` and it has a length, else ``it`` itself."""
     if not enabled:
         return it
     try:

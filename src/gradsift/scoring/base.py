@@ -52,6 +52,18 @@ class Scorer(ABC):
     #: the attributor computes the exact loss Hessian of the chosen parameters (``inputs.extra["hessian"]``) only
     #: for scorers that set this (an instance attribute where it depends on the config)
     needs_hessian: bool = False
+    #: the attributor gathers K-FAC / EK-FAC Kronecker factors (``inputs.extra["kfac"]``, with the scorer's
+    #: ``strategy`` and ``fisher``) only for scorers that set this
+    needs_kfac: bool = False
+    #: what the engine differentiates for this scorer: ``"loss"`` (``per_sample_loss``) or ``"margin"`` (TRAK's
+    #: model output, ``attribution.model_output``)
+    model_output: str = "loss"
+    #: the scorer reads gradients at the saved checkpoints (``inputs.extra["checkpoints"]``, see
+    #: ``scoring/checkpoints.py``) when the run saves some (``attribution.checkpoints``)
+    uses_checkpoints: bool = False
+    #: ``"in_sample"``: probabilities of the trained model on its own training set; ``"kfold"``: out-of-sample
+    #: probabilities of K models, each trained without one fold (the pipeline computes them; cleanlab's advice)
+    probs: str = "in_sample"
     #: name used in tables (the paper's row name)
     display_name: str = ""
 

@@ -3,9 +3,10 @@
 Normalized margin (Northcutt et al. 2021), self-confidence, confidence-weighted entropy (Kuan & Mueller 2022).
 
 Score = 1 - cleanlab's label quality (higher = more likely mislabeled = more detrimental). Probabilities come from
-``inputs.train_probs``: the pipeline passes the trained model's own predicted probabilities on its training set,
-as the OGA paper did. cleanlab recommends out-of-sample probabilities (k-fold cross-validation), which make these
-scores sharper on memorised noisy labels; the pipeline may offer that later.
+``inputs.train_probs``. With ``probs="in_sample"`` (default) the pipeline passes the trained model's own predicted
+probabilities on its training set, as the OGA paper did; with ``probs="kfold"`` it passes out-of-sample ones, as
+cleanlab recommends: the training set is split into ``folds`` stratified folds, one model is trained without each
+fold and predicts it (``artifacts.kfold_probs``, cached per fold), which is sharper on memorised noisy labels.
 """
 
 from __future__ import annotations
@@ -20,17 +21,31 @@ METHODS = {
     "self_confidence": "Self-Confidence",
     "confidence_weighted_entropy": "Confidence Entropy",
 }
+#: where the predicted probabilities come from
+PROBS = ("in_sample", "kfold")
 
 
 class LabelQualityScorer(Scorer):
-    """``1 - cleanlab.rank.get_label_quality_scores(labels, probs, method=method)``."""
+    """``1 - cleanlab.rank.get_label_quality_scores(labels, probs, method=method)``.
+
+    Args:
+        method: ``normalized_margin``, ``self_confidence`` or ``confidence_weighted_entropy``.
+        probs: ``"in_sample"`` or ``"kfold"`` (out-of-sample probabilities of ``folds`` models).
+        folds: the number of folds K for ``probs="kfold"``.
+        display_name: the table row name.
+    """
 
     needs_probs = True
 
-    def __init__(self, method: str = "self_confidence", display_name: str | None = None):
+    def __init__(self, method: str = "self_confidence", probs: str = "in_sample", folds: int = 5,
+                 display_name: str | None = None):
         if method not in METHODS:
             raise ValueError(f"scorer.method must be one of {list(METHODS)}, got {method!r}")
-        self.method = method
+        if probs not in PROBS:
+            raise ValueError(f"scorer.probs must be one of {PROBS}, got {probs!r}")
+        if probs == "kfold" and not (isinstance(folds, int) and folds >= 2):
+            raise ValueError(f"scorer.folds must be an int >= 2 for scorer.probs=kfold, got {folds!r}")
+        self.method, self.probs, self.folds = method, probs, int(folds)
         self.display_name = display_name or METHODS[method]
         self._scores: np.ndarray | None = None
 
@@ -53,4 +68,4 @@ class LabelQualityScorer(Scorer):
         return self._scores
 
     def __repr__(self) -> str:
-        return f"LabelQualityScorer(method={self.method!r})"
+        return f"LabelQualityScorer(method={self.method!r}, probs={self.probs!r})"
