@@ -141,8 +141,13 @@ def _trainer(epochs: int, batches: int) -> SimpleNamespace:
     return SimpleNamespace(max_epochs=epochs, num_training_batches=batches, estimated_stepping_batches=epochs * batches)
 
 
+#: kernel choices, not the recipe: the same update up to rounding (tests/models/test_train_step.py,
+#: test_fused_sgd_trains_like_foreach_sgd); a preset may turn them on for speed (dropout_table2_resnet9)
+KERNEL_OPTIONS = ("fused", "foreach")
+
+
 def _groups(opt: torch.optim.Optimizer) -> list[dict]:
-    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return [{k: v for k, v in g.items() if k != "params" and k not in KERNEL_OPTIONS} for g in opt.param_groups]
 
 
 def _trace(opt, sched, interval: str, epochs: int, batches: int) -> list[list[dict]]:

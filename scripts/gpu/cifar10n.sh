@@ -7,7 +7,13 @@
 #   bash scripts/gpu/cifar10n.sh clean              # clean-label test accuracy of the recipes (ResNet-34 and -18,
 #                                                   # trainer=fast's 18 epochs and the 10 of the tables), no trimming
 # Env: SEEDS (Hydra list, e.g. 0 or 1,2), OUT (results folder), LIMIT (seconds for the whole script, default 540),
-# NJOBS (joblib jobs per sweep). CPU dry run: DEVICE_SETUP=0 PY=.venv/bin/python NJOBS=1 GRADSIFT_DATA=../shared/data
+# NJOBS (joblib jobs per sweep). Its defaults follow the side-by-side measurement (docs/BENCHMARKS.md, "Training
+# throughput", ResNet-34 b128 on an H200): eager trainings gain from sharing the GPU (4 processes 2.86x one, 8 no
+# more), so the eager modes run 4 trainings at a time in all; a CUDA-graph training keeps the GPU busy alone (2-8
+# processes 1.02-1.03x one), so graph sweeps run one job at a time. Table 2 / 5 / 9 and clean train eagerly: their
+# OneCycleLR changes the momentum every step, which a CUDA graph cannot replay. Memory is no limit: a training
+# takes 1.0 GiB allocated at b128, 2.4 GiB at b512 (1.7-1.9 GiB per process in nvidia-smi at b128).
+# CPU dry run: DEVICE_SETUP=0 PY=.venv/bin/python NJOBS=1 GRADSIFT_DATA=../shared/data
 # EXTRA='+trainer.fast_dev_run=true data.device=cpu trainer.precision=32-true torch_threads=1 data.subset=600
 # data.val_size=50 data.test_size=100 paths.cache_dir=/tmp/dry/cache' (EXTRA goes to every run.py call).
 set -u
@@ -37,6 +43,7 @@ sweep() {  # name overrides... : one Hydra multirun, cut at the script's time li
 }
 case "$MODE" in
   table2)
+    # eager (OneCycleLR): 4 side by side
     S=${SEEDS//,/_}
     sweep gpu_table2_s$S experiment=table2_cifar10n_fast $J hydra.launcher.n_jobs=${NJOBS:-4} $R seed=$SEEDS data.noise=worst,aggregate \
       scorer=iforest,l2,l1,tracin,datainf,normalized_margin,self_confidence
@@ -45,7 +52,7 @@ case "$MODE" in
     DIRS="multirun/gpu_table2_s$S" ;;
   extras)
     # two sweeps side by side: ResNet-18 (Table 9: Cross Entropy = the untrimmed base, vs Outlier Gradient iForest)
-    # and the L2 budget sweep on worst (Table 5; 5% is in Table 2)
+    # and the L2 budget sweep on worst (Table 5; 5% is in Table 2); eager (OneCycleLR), 2 x 2 trainings at a time
     sweep gpu_table9 experiment=table9_resnet18 $J hydra.launcher.n_jobs=${NJOBS:-2} $R seed=$SEEDS \
       data.noise=worst,aggregate scorer=iforest &
     sweep gpu_table5 experiment=table5_budget_cifar10n_fast $J hydra.launcher.n_jobs=${NJOBS:-2} $R seed=$SEEDS \
@@ -60,8 +67,10 @@ case "$MODE" in
     echo "$G" >> $OUT/command.txt
     ( $G > multirun/gallery.log 2>&1; cp multirun/gallery_worst_l2/gallery.png $OUT/figure2_gallery_cifar10n_worst_l2.png ) &
     # two sweeps side by side (the base model is trained once, under the cache lock): one after another, six
-    # sweeps took ~620 s at seed 0 and the 540 s limit cut the last two; side by side two took 135 s
-    B="experiment=dropout_table2_resnet9 $J hydra.launcher.n_jobs=${NJOBS:-4} data.source=jpeg seed=$SEEDS trim.budget=0.05,0.1,0.3,0.5"
+    # sweeps took ~620 s at seed 0 and the 540 s limit cut the last two; side by side two took 135 s (eager, 4 jobs
+    # each). The preset now trains with a CUDA graph (model.cuda_graph=true, fused SGD), so each sweep runs its jobs
+    # one at a time: at most 2 trainings share the GPU (not yet run on the GPU this way)
+    B="experiment=dropout_table2_resnet9 $J hydra.launcher.n_jobs=${NJOBS:-1} data.source=jpeg seed=$SEEDS trim.budget=0.05,0.1,0.3,0.5"
     sweep gpu_dt2/dropout $B method=Dropout compressor=dropout compressor.r=64 &
     sweep gpu_dt2/tracin $B method=Hessian-Free scorer=tracin compressor.r=4096 &
     wait
@@ -74,7 +83,8 @@ case "$MODE" in
     $PY experiments/summarize.py multirun/gpu_dt2 --table dropout.table2_resnet9_cifar10_retrain --out $OUT/dropout_table2_resnet9 > $OUT/summary.log 2>&1
     DIRS="multirun/gpu_dt2 multirun/gallery_worst_l2" ;;
   clean)
-    # the untrimmed model on the clean CIFAR-10 labels (detection-only: retrain=false; the L2 scores are a by-product)
+    # the untrimmed model on the clean CIFAR-10 labels (detection-only: retrain=false; the L2 scores are a by-product);
+    # eager (OneCycleLR), 2 x 2 trainings at a time
     C="$J hydra.launcher.n_jobs=${NJOBS:-2} data.source=jpeg data.batch_size=512 data.eval_batch_size=1024 model.optimizer.lr=0.4 seed=$SEEDS data.noise=clean scorer=l2 retrain=false"
     sweep gpu_clean/resnet34 experiment=table2_cifar10n_fast $C trainer.max_epochs=10,18 &
     sweep gpu_clean/resnet18 experiment=table9_resnet18 $C trainer.max_epochs=10,18 &

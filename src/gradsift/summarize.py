@@ -367,9 +367,11 @@ def _failure_note(result: Mapping[str, Any]) -> str:
 
 
 #: config keys that never change a result: where files live, threads, progress bars, loggers, caching, labels of
-#: the sweep; ignored when deciding whether two runs share a cell (as is every key ending in ``_dir``)
+#: the sweep, torch's NaN fill of new memory (speed only); ignored when deciding whether two runs share a cell (as
+#: is every key ending in ``_dir``)
 IGNORED_CONFIG_KEYS = frozenset({
     "hydra", "paths", "torch_threads", "experiment_name", "paper_table", "cache", "gallery", "logger",
+    "fill_uninitialized_memory",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing",
     "trainer.log_every_n_steps", "trainer.default_root_dir", "data.num_workers", "data.download",
 })

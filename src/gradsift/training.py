@@ -55,12 +55,41 @@ class EpochTestCurve(pl.Callback):
         pl_module.train(was_training)
 
 
+class UninitializedMemoryFill(pl.Callback):
+    """``torch.utils.deterministic.fill_uninitialized_memory`` for one trainer's fit and test, restored after each.
+
+    With deterministic algorithms on (``trainer.deterministic: true | warn``) torch fills every new tensor with NaN
+    (integers with their largest value), one fill kernel per allocation, so that a kernel that reads memory it never
+    wrote gives the same, visible, result every run. ``enabled=False`` keeps the deterministic algorithms and skips
+    the fill: the values computed stay the same as long as no kernel reads unwritten memory (one that did would
+    most likely have turned the loss NaN with the fill on). Config key ``fill_uninitialized_memory``.
+
+    Args:
+        enabled: the flag's value while the trainer runs.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = bool(enabled)
+        self._saved: bool | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Set the flag (the previous value is kept for :meth:`teardown`)."""
+        self._saved = torch.utils.deterministic.fill_uninitialized_memory
+        torch.utils.deterministic.fill_uninitialized_memory = self.enabled
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Restore the value the flag had before :meth:`setup`."""
+        if self._saved is not None:
+            torch.utils.deterministic.fill_uninitialized_memory = self._saved
+            self._saved = None
+
+
 def fit_and_evaluate(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: list | None = None,
                      stage: str = "train") -> tuple[pl.LightningModule, dict, float]:
     """Train a fresh model from ``cfg.model`` on ``datamodule`` and test it.
 
     Args:
-        cfg: the run config (``model``, ``trainer``, ``seed``, ``eval_every_epoch``).
+        cfg: the run config (``model``, ``trainer``, ``seed``, ``eval_every_epoch``, ``fill_uninitialized_memory``).
         datamodule: the data to fit on (possibly a kept subset, :meth:`NoisyLabelDataModule.with_keep`).
         callbacks: extra Lightning callbacks for the fit.
         stage: what this fit is for (``base``, ``retrain``, ...), for callers that count fits.
@@ -73,8 +102,9 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: NoisyLabelDataModule, callback
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = instantiate(cfg.model)
     curve = EpochTestCurve(datamodule) if cfg.get("eval_every_epoch") else None
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=(callbacks or []) + ([curve] if curve else []),
-                                      logger=False)
+    fill = cfg.get("fill_uninitialized_memory")
+    extra = ([curve] if curve else []) + ([UninitializedMemoryFill(fill)] if fill is not None else [])
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=(callbacks or []) + extra, logger=False)
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - t0

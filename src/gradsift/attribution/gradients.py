@@ -288,6 +288,7 @@ class PerSampleGradients:
                 store.append(g.copy(), ix.copy(), lb.copy())
             else:
                 rows.add(g, ix, lb)
+            copy.release()  # its rows are copied out: the buffers may take another batch
 
         try:
             with _only_selected_require_grad(module, params):
@@ -332,26 +333,47 @@ def _only_selected_require_grad(module: nn.Module, params: dict[str, nn.Paramete
 
 
 class _PinnedBuffers:
-    """Page-locked host buffers, allocated once per (slot, shape, dtype) and handed out in turn.
+    """Page-locked host buffers for the device-to-host copies of a gather, handed out in ``depth`` turns.
 
-    Allocating pinned memory is a slow driver call (a 5 MB ``cudaHostAlloc`` per batch cost more than the copy
-    saved), so each of ``depth`` turns keeps its buffers. A buffer is handed out again ``depth`` batches later: the
-    caller must have read it by then (:meth:`PerSampleGradients.gather` keeps one batch in flight, ``depth`` 2).
+    Each (turn, slot, row shape, dtype) keeps one buffer with as many rows as the largest batch seen so far; a
+    smaller batch (the last, short one) gets a view of its first rows, so a gather allocates ``depth`` buffers
+    per slot. A turn is handed out again only after the copy that used it was released (its rows read), which
+    :meth:`next_turn` checks: with one batch in flight (:meth:`PerSampleGradients.gather`), ``depth`` 2 suffices.
+    Torch's caching host allocator would reuse pinned blocks too; owning them skips its per-batch block lookup and
+    event bookkeeping (docs/BENCHMARKS.md, "Last-layer gradient gathering vs inference", measures the gather).
     """
 
-    def __init__(self, depth: int = 2):
-        self.depth, self.turn = depth, 0
+    def __init__(self, depth: int = 2, pin: bool = True):
+        self.depth, self.pin, self.turn = depth, pin, depth - 1
         self.buffers: dict[tuple, torch.Tensor] = {}
+        self.unread: set[int] = set()
+
+    def stages(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` goes through a buffer of this pool (device tensors; host tensors pass through)."""
+        return t.device.type == "cuda"
 
     def next_turn(self) -> int:
-        self.turn = (self.turn + 1) % self.depth
-        return self.turn
+        """The next turn's number; raises if that turn's last copy was not released yet."""
+        turn = (self.turn + 1) % self.depth
+        if turn in self.unread:
+            raise RuntimeError(f"pinned host buffers of turn {turn} handed out again before the batch copied into "
+                               f"them was read: more than {self.depth - 1} batch(es) in flight")
+        self.turn = turn
+        self.unread.add(turn)
+        return turn
+
+    def release(self, turn: int) -> None:
+        """The copy of ``turn`` was read: its buffers may be handed out again."""
+        self.unread.discard(turn)
 
     def get(self, turn: int, slot: int, like: torch.Tensor) -> torch.Tensor:
-        key = (turn, slot, tuple(like.shape), like.dtype)
-        if key not in self.buffers:
-            self.buffers[key] = torch.empty(like.shape, dtype=like.dtype, pin_memory=True)
-        return self.buffers[key]
+        """A host tensor of ``like``'s shape and dtype: turn ``turn``'s buffer of ``slot`` (or its first rows)."""
+        rows, rest = (like.shape[0], tuple(like.shape[1:])) if like.dim() else (None, ())
+        key = (turn, slot, rest, like.dtype)
+        buf = self.buffers.get(key)
+        if buf is None or (rows is not None and buf.shape[0] < rows):
+            buf = self.buffers[key] = torch.empty(like.shape, dtype=like.dtype, pin_memory=self.pin)
+        return buf if rows is None else buf[:rows]
 
 
 class _HostCopy:
@@ -359,26 +381,32 @@ class _HostCopy:
 
     :meth:`arrays` waits for that event only; host tensors pass through. A blocking ``.cpu()`` per batch would
     instead stall the host until the device had finished everything queued, leaving the device idle meanwhile.
+    Call :meth:`release` once the arrays are copied: the buffers then go back to ``buffers``.
     """
 
     def __init__(self, tensors: list[torch.Tensor], buffers: _PinnedBuffers):
+        self.buffers, self.turn = buffers, buffers.next_turn()
         self.tensors: list[torch.Tensor] = []
         self.event = None
-        turn = buffers.next_turn()
         for slot, t in enumerate(tensors):
-            if t.device.type == "cuda":
-                self.tensors.append(buffers.get(turn, slot, t).copy_(t, non_blocking=True))
-                self.event = self.event or torch.cuda.Event()
+            if buffers.stages(t):
+                self.tensors.append(buffers.get(self.turn, slot, t).copy_(t, non_blocking=True))
             else:
                 self.tensors.append(t.cpu())
+            if t.device.type == "cuda" and self.event is None:
+                self.event = torch.cuda.Event()
         if self.event is not None:
             self.event.record()
 
     def arrays(self) -> list[np.ndarray]:
-        """The tensors as numpy arrays (views of the pinned buffers: copy what you keep)."""
+        """The tensors as numpy arrays (views of the buffers until :meth:`release`: copy what you keep)."""
         if self.event is not None:
             self.event.synchronize()
         return [t.numpy() for t in self.tensors]
+
+    def release(self) -> None:
+        """Give the buffers back (after the arrays were copied)."""
+        self.buffers.release(self.turn)
 
 
 class _Rows:
