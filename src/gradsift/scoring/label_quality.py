@@ -6,6 +6,13 @@ Score = 1 - cleanlab's label quality (higher = more likely mislabeled = more det
 ``inputs.train_probs``: the pipeline passes the trained model's own predicted probabilities on its training set,
 as the OGA paper did. cleanlab recommends out-of-sample probabilities (k-fold cross-validation), which make these
 scores sharper on memorised noisy labels; the pipeline may offer that later.
+
+``labels``: which labels cleanlab scores. ``"given"`` (default) passes the (noisy) training labels, as cleanlab
+means these scores to be used. ``"predicted"`` passes the model's own predicted labels ``argmax(probs)``, as the OGA
+authors' code does (``synthetic/BASELINES_LABEL_TOY_MLP.py:175-183``,
+``cifar-10-100n/baseline-experiment-label.py:292-301``: ``get_label_quality_scores(labels=preds, pred_probs=probs,
+method=..., adjust_pred_probs=False)``): the scores then never look at the given labels and measure the model's
+confidence only (self-confidence = max probability).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from cleanlab.rank import get_label_quality_scores
 
 from gradsift.scoring.base import Scorer, ScoringInputs
 
+LABELS = ("given", "predicted")
 METHODS = {
     "normalized_margin": "Normalized Margin",
     "self_confidence": "Self-Confidence",
@@ -23,14 +31,22 @@ METHODS = {
 
 
 class LabelQualityScorer(Scorer):
-    """``1 - cleanlab.rank.get_label_quality_scores(labels, probs, method=method)``."""
+    """``1 - cleanlab.rank.get_label_quality_scores(labels, probs, method=method)``.
+
+    Args:
+        method: cleanlab's method: ``normalized_margin``, ``self_confidence`` or ``confidence_weighted_entropy``.
+        labels: ``"given"`` (the training labels) or ``"predicted"`` (``argmax(probs)``, the OGA authors' code).
+        display_name: the table's row name.
+    """
 
     needs_probs = True
 
-    def __init__(self, method: str = "self_confidence", display_name: str | None = None):
+    def __init__(self, method: str = "self_confidence", labels: str = "given", display_name: str | None = None):
         if method not in METHODS:
             raise ValueError(f"scorer.method must be one of {list(METHODS)}, got {method!r}")
-        self.method = method
+        if labels not in LABELS:
+            raise ValueError(f"scorer.labels must be one of {list(LABELS)}, got {labels!r}")
+        self.method, self.labels = method, labels
         self.display_name = display_name or METHODS[method]
         self._scores: np.ndarray | None = None
 
@@ -42,7 +58,9 @@ class LabelQualityScorer(Scorer):
             raise ValueError(f"train_probs must be [n={len(labels)}, n_classes], got shape {probs.shape}")
         if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= probs.shape[1]:
             raise ValueError(f"labels must be integers in [0, {probs.shape[1]}) to index train_probs columns")
-        quality = get_label_quality_scores(labels, probs, method=self.method)
+        if self.labels == "predicted":
+            labels = probs.argmax(axis=1)
+        quality = get_label_quality_scores(labels, probs, method=self.method, adjust_pred_probs=False)
         self._scores = 1.0 - np.asarray(quality, dtype=np.float64)
         return self
 
@@ -53,4 +71,4 @@ class LabelQualityScorer(Scorer):
         return self._scores
 
     def __repr__(self) -> str:
-        return f"LabelQualityScorer(method={self.method!r})"
+        return f"LabelQualityScorer(method={self.method!r}, labels={self.labels!r})"
