@@ -8,6 +8,11 @@ rerunning the same sweep, is byte-identical.
 
 A cell never mixes runs that differ in anything but the seed (see :func:`summarize`), and a published summary is
 never replaced by one with fewer finished cells unless forced (see :func:`write_summary`).
+
+A run may name the paper row it is compared with (config key ``paper_row``): its row, e.g. "Self-Confidence [authors:
+predicted labels, 10%]", then carries the paper's Self-Confidence numbers and follows that row. ``baseline_row``
+renames the baseline rows it fills (the untrimmed model), e.g. "Multilayer Perceptron [authors' MLP]", beside the
+paper's baseline numbers. The table's ``ours.paper_row_notes`` are printed under its notes when such rows are shown.
 """
 
 from __future__ import annotations
@@ -127,6 +132,8 @@ class PaperTable:
     plot: str = "bar"
     #: why ours may differ from the paper (setting, data, recipe); printed under the table
     notes: str = ""
+    #: printed after ``notes`` when the summary shows rows of runs with a ``paper_row`` or ``baseline_row``
+    paper_row_notes: str = ""
     #: False for :func:`ours_table` (no paper numbers: one column per metric, no paper / Δ columns)
     has_paper: bool = True
 
@@ -235,6 +242,7 @@ def load_table(key: str, paper_dir: Path | str = PAPER_DIR) -> PaperTable:
         decimals=int(ours.get("decimals", 2)),
         plot=plot,
         notes=str(ours.get("notes", "")).strip(),
+        paper_row_notes=" ".join(str(ours.get("paper_row_notes", "")).split()),
     )
 
 
@@ -357,6 +365,8 @@ class Summary:
     split: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     #: config key -> the values pooled in shared cells because the caller asked (``pool``)
     pooled: dict[str, list[str]] = field(default_factory=dict)
+    #: whether rows of runs with a ``paper_row`` / ``baseline_row`` are shown (then ``paper_row_notes`` are printed)
+    renamed_rows: bool = False
 
 
 def _failure_note(result: Mapping[str, Any]) -> str:
@@ -432,7 +442,9 @@ def _variant(row: str, keys: Sequence[str], config: Mapping[str, str]) -> str:
 @dataclass
 class _Placed:
     """A run that matched the table: its seed (``seed`` keys a cell's per-seed values, ``seed_value`` is the
-    recorded one), its comparable config and the (subtable, row, column, value) cells it fills, baseline rows apart."""
+    recorded one), its comparable config and the (subtable, row, column, value) cells it fills, baseline rows apart;
+    ``paper`` maps a row it fills to the paper row compared with it, where the two differ (``paper_row``,
+    ``baseline_row``)."""
 
     run: Run
     seed: str
@@ -440,6 +452,19 @@ class _Placed:
     config: dict[str, str]
     cells: list[tuple[str, str, str, float | None]]
     baseline: list[tuple[str, str, str, float | None]]
+    paper: dict[str, str] = field(default_factory=dict)
+
+
+def _renamed(result: Mapping[str, Any], placed: list, baseline: list) -> tuple[list, list, dict[str, str]]:
+    """Apply the run's ``config.paper_row`` / ``config.baseline_row``: (cells, baseline cells, row -> paper row)."""
+    paper: dict[str, str] = {}
+    paper_row, baseline_row = lookup(result, "config.paper_row"), lookup(result, "config.baseline_row")
+    if isinstance(paper_row, str) and paper_row:
+        paper.update({row: paper_row for _, row, _, _ in placed if row != paper_row})
+    if isinstance(baseline_row, str) and baseline_row:
+        paper.update({baseline_row: row for _, row, _, _ in baseline if row != baseline_row})
+        baseline = [(sub, baseline_row, col, value) for sub, _, col, value in baseline]
+    return placed, baseline, paper
 
 
 def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: Iterable[str] = ()) -> Summary:
@@ -478,8 +503,8 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: I
         if run.failed and not placed:
             unplaced.append((run.source, _failure_note(r)))
             continue
-        entries.append(_Placed(run, seed, r.get("seed"), comparable_config(r), placed,
-                               [] if run.failed else table.baseline_cells(r)))
+        placed, baseline, paper = _renamed(r, placed, [] if run.failed else table.baseline_cells(r))
+        entries.append(_Placed(run, seed, r.get("seed"), comparable_config(r), placed, baseline, paper))
         if run.failed:
             continue
         versions = r.get("versions") or {}
@@ -526,6 +551,7 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: I
                     cell(sub, row, row, col)
     selection: dict[str, set[str]] = {}
     variants: dict[tuple[str, str], set[str]] = {}  # a split row -> its variant labels
+    followers: dict[tuple[str, str], set[str]] = {}  # a paper row -> the rows of runs compared with it (paper_row)
     for e in entries:
         run, placed = e.run, e.cells
         label = {(sub, row): _variant(row, split_keys.get((sub, row), ()), e.config)
@@ -533,13 +559,15 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: I
         for (sub, row), name in label.items():
             if (sub, row) in split_keys:
                 variants.setdefault((sub, row), set()).add(name)
+            if row in e.paper:
+                followers.setdefault((sub, e.paper[row]), set()).add(name)
         if run.failed:
             for sub, row, col, _ in placed:
-                cell(sub, row, label[sub, row], col).n_failed += 1
+                cell(sub, e.paper.get(row, row), label[sub, row], col).n_failed += 1
             continue
         for sub, row, col, value in placed + e.baseline:
             if value is not None:
-                cell(sub, row, label[sub, row], col).per_seed.setdefault(e.seed, []).append(value)
+                cell(sub, e.paper.get(row, row), label[sub, row], col).per_seed.setdefault(e.seed, []).append(value)
         if placed:
             rule = str(run.result.get("selection", "unknown"))
             if lookup(run.result, "config.retrain") is False:  # scores and AUC only: nothing was trimmed and retrained
@@ -561,6 +589,7 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: I
         order: list[str] = []
         for row in table.paper.get(sub, {}):
             order += [row] if row in rows else sorted(variants.get((sub, row), ()))
+            order += sorted(followers.get((sub, row), set()) - set(order))
         order += sorted(set(rows) - set(order))
         ordered[sub] = {row: rows[row] for row in order}
     return Summary(
@@ -577,6 +606,7 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: I
                for row in dict.fromkeys([*table.paper.get(sub, {}), *sorted(r for s_, r in split_keys if s_ == sub)])
                if (sub, row) in split_keys},
         pooled={k: sorted(v) for k, v in sorted(pooled.items())},
+        renamed_rows=bool(followers),
     )
 
 
@@ -659,6 +689,8 @@ def to_markdown(s: Summary, provenance: bool = False) -> str:
             out.append(f"| {row} | " + " | ".join(parts) + " |")
     if s.table.notes:
         out += ["", f"Notes: {s.table.notes}"]
+    if s.renamed_rows and s.table.paper_row_notes:
+        out += ["", s.table.paper_row_notes]
     if s.unplaced_failures:
         out += ["", "Failed jobs that could not be placed in a cell:"]
         out += [f"- `{src}`: {err}" for src, err in s.unplaced_failures]

@@ -43,3 +43,32 @@ def test_last_layer_is_the_head():
 def test_unknown_parameter_pattern_names_the_key():
     with pytest.raises(ValueError, match="attribution.gradients.parameters"):
         select_parameters(MLP(), "no_such_layer")
+
+
+def test_sigmoid_mlp_is_the_authors_model():
+    # synthetic/deep_model.py: 2 -> 2 -> 2 -> 1, ReLU, bias-free output, sigmoid + BCE; 14 parameters
+    from gradsift.models.tabular import SigmoidMLP
+
+    torch.manual_seed(0)
+    model = SigmoidMLP().double()
+    assert sum(p.numel() for p in model.parameters()) == 14
+    assert list(select_parameters(model, "last_layer")) == ["net.4.weight"]
+    dm = MoonsDataModule(n_train=40, n_test=10, flips_per_class=2, seed=1)
+    dm.setup()
+    batch = next(iter(dm.attribution_dataloader("train")))
+    batch["x"] = batch["x"].double()
+    y = batch["label"].double()
+    with torch.no_grad():
+        h2 = model.net[:4](batch["x"])
+        p = torch.sigmoid(model.net[4](h2)).squeeze(1)
+        bce = torch.nn.functional.binary_cross_entropy(p, y, reduction="none")
+        torch.testing.assert_close(model.per_sample_loss(batch), bce)
+        # the logits [0, z]: softmax = [1 - p, p] (cleanlab's pred_probs), cross entropy = BCE, argmax = p > 0.5
+        probs = model.logits(batch).softmax(-1)
+        torch.testing.assert_close(probs, torch.stack([1 - p, p], 1))
+        ce = torch.nn.functional.cross_entropy(model.logits(batch), batch["label"], reduction="none")
+        torch.testing.assert_close(ce, bce)
+    # the per-sample gradient of the last weight, the authors' 2-d gradient space: (p - y) h2
+    gs = PerSampleGradients(parameters="last_layer", progress=False).gather(model, [batch])
+    np.testing.assert_allclose(gs.grads, ((p - y)[:, None] * h2).numpy(), rtol=1e-6, atol=1e-9)
+    assert gs.dim == 2

@@ -10,6 +10,7 @@ _EXPORTS = {
     "GradsiftModule": ".base",
     "LogisticRegression": ".tabular",
     "MLP": ".tabular",
+    "SigmoidMLP": ".tabular",
     "ImageClassifier": ".image_classifier",
     "SequenceClassifier": ".sequence_classifier",
     "CausalLM": ".causal_lm",
