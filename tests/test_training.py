@@ -21,3 +21,23 @@ def test_fit_and_evaluate_is_seeded_and_records_a_curve_per_epoch(tmp_path):
     loaded = training.load_model(cfg, tmp_path)
     assert not loaded.training
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), again.state_dict().values()))
+
+
+def test_gradsift_fits_leave_out_lightning_chatter_but_user_trainers_keep_it(tmp_path, caplog):
+    """`make run` printed 59 Lightning 'Tip' / 'GPU available' blocks and 19 deprecation warnings (issue #19)."""
+    import logging
+    import warnings
+
+    import pytorch_lightning as pl
+
+    from gradsift import training
+
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with training.quiet_lightning():
+            pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+        quiet = [r.getMessage() for r in caplog.records]
+        assert not [m for m in quiet if m.startswith(("GPU available", "TPU available"))] and not seen
+        pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)  # user code: untouched
+    assert any(r.getMessage().startswith("GPU available") for r in caplog.records)

@@ -2,7 +2,8 @@
 
 Entries live in the content-keyed :class:`~gradsift.cache.ArtifactCache` under ``cfg.paths.cache_dir``:
 
-* ``model/<key>``: the base model (``model.pt``, ``meta.json`` with its test metrics), keyed by ``MODEL_KEYS``;
+* ``model/<key>``: the base model (``model.pt``, ``meta.json`` with its test metrics, seed, key and the config
+  sections of the key), keyed by ``MODEL_KEYS``;
 * ``base/<key>``: its gradients (``grads_train.npz``, ``grads_reference.npz`` for a reference split other than the
   training set, ``train_probs.npy``, ``hessian.npy`` when a scorer asked for it), keyed by ``BASE_KEYS``;
 * ``retrain/<key>``: the test metrics of a model retrained on a kept set, keyed by (model key, kept rows).
@@ -14,13 +15,15 @@ model, per model output), and ``fold/`` (one held-out fold's out-of-sample proba
 the number of folds and the fold).
 
 So a sweep over scorer x trim budget trains and gathers once per seed, and changing the compressor or the reference
-split re-gathers without retraining.
+split re-gathers without retraining. Every file is checked against the entry's manifest when read, and a bad entry is
+rebuilt (:mod:`gradsift.cache`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gradsift import training
 from gradsift.attribution.distributed import torch_process_group
@@ -38,13 +41,15 @@ from gradsift.attribution.gradient_set import GradientSet
 from gradsift.attribution.kfac import KroneckerFactors
 from gradsift.attribution.model_output import MARGIN, margin_output
 from gradsift.attributor import Attributor, predict_probs
-from gradsift.cache import ArtifactCache, config_hash
+from gradsift.cache import ArtifactCache, CorruptEntryError, config_hash, read_file
 from gradsift.callback import EpochCheckpoints, load_checkpoints
 from gradsift.data.base import NoisyLabelDataModule
 from gradsift.record import now
 from gradsift.scoring.base import Scorer, ScoringInputs
 from gradsift.scoring.checkpoints import CheckpointInputs
 from gradsift.trim import Trim
+
+log = logging.getLogger(__name__)
 
 #: config sections that determine the trained base model
 MODEL_KEYS = ["data", "model", "trainer", "seed"]
@@ -112,15 +117,45 @@ def trained_model(cfg: DictConfig, datamodule: NoisyLabelDataModule) -> tuple[Pa
     """
     cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
     epochs = checkpoint_epochs(cfg)
+    key = model_key(cfg)
 
     def build(out: Path) -> None:
         saver = [EpochCheckpoints(epochs, out / "checkpoints")] if epochs else []
         model, test, seconds = training.fit_and_evaluate(cfg, datamodule, callbacks=saver, stage="base")
         torch.save(model.state_dict(), out / "model.pt")
-        (out / "meta.json").write_text(json.dumps({"base_test": test, "train_s": seconds}, indent=2))
+        (out / "meta.json").write_text(json.dumps(model_meta(cfg, base_test=test, train_s=seconds), indent=2))
 
-    path, hit = cache.get_or_create("model", _model_key(cfg), build, collective=True)
-    return path, json.loads((path / "meta.json").read_text()), hit
+    def load(path: Path) -> dict:
+        meta = read_json(path / "meta.json")
+        if meta.get("config_hash", key) != key or int(meta.get("seed", cfg.seed)) != int(cfg.seed):
+            raise CorruptEntryError(path / "meta.json", f"records seed {meta.get('seed')} and config hash "
+                                    f"{meta.get('config_hash')}, but this entry's key is seed {cfg.seed}, hash {key}")
+        return meta
+
+    path, hit, meta = cache.get_or_load("model", key, build, load, collective=True)
+    return path, meta, hit
+
+
+def model_key(cfg: DictConfig) -> str:
+    """The base model's cache key: the hash of the config sections that determine it (``MODEL_KEYS``), and of
+    ``attribution.checkpoints`` when it asks for saved checkpoints (they change what the entry holds, not the model).
+    """
+    key = config_hash(cfg, _model_keys(cfg))
+    epochs = checkpoint_epochs(cfg)
+    return config_hash({"model": key, "checkpoints": epochs}) if epochs else key
+
+
+def model_meta(cfg: DictConfig, **facts) -> dict:
+    """What ``meta.json`` records beside a cached model: ``facts`` (test metrics, seconds), the seed, the cache key
+    and the config sections it hashes, so a checkpoint can be checked against the config it is used with."""
+    sections = OmegaConf.to_container(cfg, resolve=True)
+    return {**facts, "seed": int(cfg.seed), "config_hash": model_key(cfg),
+            "config": {k: sections.get(k) for k in _model_keys(cfg)}}
+
+
+def read_json(path: Path) -> dict:
+    """A cache entry's JSON file (a :class:`~gradsift.cache.CorruptEntryError` naming it when it does not load)."""
+    return read_file(path, lambda p: json.loads(p.read_text()))
 
 
 def checkpoint_epochs(cfg: DictConfig) -> list[int]:
@@ -162,18 +197,21 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, hessian: b
                 "key": key, "model_dir": str(model_dir), "gather_world_size": dist["world_size"] if dist else 1}
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
+    def load(path: Path) -> tuple[GradientSet, GradientSet | None, np.ndarray | None, dict]:
+        train = read_file(path / "grads_train.npz", lambda p: GradientSet.load(str(p)))
+        reference = train if cfg.attribution.reference == "train" else None
+        if (path / "grads_reference.npz").exists():
+            reference = read_file(path / "grads_reference.npz", lambda p: GradientSet.load(str(p)))
+        probs = read_file(path / "train_probs.npy", np.load) if (path / "train_probs.npy").exists() else None
+        return train, reference, probs, read_json(path / "meta.json")
+
     # collective: under a multi-process launch the other ranks take part in the distributed gather
-    path, hit = cache.get_or_create("base", key, build, collective=True)
-    train = GradientSet.load(str(path / "grads_train.npz"))
-    reference = train if cfg.attribution.reference == "train" else None
-    if (path / "grads_reference.npz").exists():
-        reference = GradientSet.load(str(path / "grads_reference.npz"))
-    probs = np.load(path / "train_probs.npy") if (path / "train_probs.npy").exists() else None
+    path, hit, (train, reference, probs, meta) = cache.get_or_load("base", key, build, load, collective=True)
     extra = {"hessian": _cached_hessian(cfg, datamodule, path, model_dir, attributor)} if hessian else {}
     return BaseArtifacts(inputs=ScoringInputs(train=train, reference=reference, train_probs=probs, seed=cfg.seed,
                                               extra=extra),
                          key=key, hit=hit, model_key=model_dir.name, model_hit=model_hit, model_meta=model_meta,
-                         meta=json.loads((path / "meta.json").read_text()), model_dir=model_dir)
+                         meta=meta, model_dir=model_dir)
 
 
 def scorer_inputs(cfg: DictConfig, datamodule: NoisyLabelDataModule, scorer: Scorer, art: BaseArtifacts) -> BaseArtifacts:
@@ -341,12 +379,6 @@ def kfold_probs(cfg: DictConfig, datamodule: NoisyLabelDataModule, model_key: st
     return probs, seconds
 
 
-def _model_key(cfg: DictConfig) -> str:
-    key = config_hash(cfg, _model_keys(cfg))
-    # the saved checkpoints change what the base entry holds, not the model: keyed only when asked for
-    epochs = checkpoint_epochs(cfg)
-    return config_hash({"model": key, "checkpoints": epochs}) if epochs else key
-
 
 def _model_keys(cfg: DictConfig) -> list[str]:
     # per-epoch test curves change what the base run records, not the model: keyed only when switched on
@@ -360,11 +392,15 @@ def _base_keys(cfg: DictConfig) -> list[str]:
 
 def _cached_hessian(cfg: DictConfig, datamodule: NoisyLabelDataModule, path: Path, model_dir: Path,
                     attributor: Attributor) -> np.ndarray:
-    file = path / "hessian.npy"
-    if not file.exists():
-        tmp = file.with_suffix(f".tmp{id(attributor)}.npy")
-        np.save(tmp, attributor.hessian(training.load_model(cfg, model_dir), datamodule))
-        tmp.replace(file)
+    file = path / "hessian.npy"  # added to the entry after it was published: not in its manifest
+    if file.exists():
+        try:
+            return read_file(file, np.load)
+        except CorruptEntryError as e:
+            log.warning("%s; computing it again", e)
+    tmp = file.with_suffix(f".tmp{id(attributor)}.npy")
+    np.save(tmp, attributor.hessian(training.load_model(cfg, model_dir), datamodule))
+    tmp.replace(file)
     return np.load(file)
 
 
@@ -392,6 +428,5 @@ def retrain(cfg: DictConfig, datamodule: NoisyLabelDataModule, keep: np.ndarray,
         (out / "meta.json").write_text(json.dumps({"test": test, "retrain_s": seconds, "n_kept": len(keep),
                                                    "finished_at": now()}))
 
-    path, hit = cache.get_or_create("retrain", key, build, collective=True)
-    meta = json.loads((path / "meta.json").read_text())
+    path, hit, meta = cache.get_or_load("retrain", key, build, lambda p: read_json(p / "meta.json"), collective=True)
     return meta["test"], meta["retrain_s"], hit, meta["finished_at"]

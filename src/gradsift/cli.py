@@ -4,32 +4,56 @@
     gradsift-run -m experiment=table1_moons
     gradsift-summarize multirun/table1_moons --table oga.table1_synthetic_mlp_moons --out multirun_summaries/table1
 
-``gradsift-run`` composes the packaged configs (``src/gradsift/conf``); add your own config folders with
-``hydra.searchpath=[file:///path/to/conf]``. ``experiments/run.py`` and ``experiments/summarize.py`` call the same
+``gradsift-run`` composes the packaged configs (``src/gradsift/conf``); add a config folder of your own with
+``--config-dir path/to/conf`` (Hydra's option) or ``hydra.searchpath=[file:///path/to/conf]``: its ``data/``,
+``model/`` ... files become options of those groups. ``experiments/run.py`` and ``experiments/summarize.py`` call the same
 functions. ``gradsift-audit`` and ``gradsift-curves`` live in :mod:`gradsift.audit` and :mod:`gradsift.viz.curves`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from gradsift.data.base import MissingInputError
 from gradsift.pipeline import run as run_pipeline
-from gradsift.report import console, print_result
+from gradsift.report import console, job_line, print_result
 from gradsift.summarize import PAPER_DIR, SummaryRegression, list_tables, write_summary
+
+
+class InputError(CompactHydraException):
+    """A sweep job's missing input: Hydra reports it as its one-line message when the sweep ends."""
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def run(cfg: DictConfig) -> float:
-    """One gradsift run: compose the config, call the pipeline, print the metrics; returns the test accuracy."""
+    """One gradsift run: compose the config, call the pipeline, print the metrics (a table, or one line per job of a
+    sweep) and where the run wrote; returns the test accuracy."""
     hc = HydraConfig.get()
-    result = run_pipeline(cfg, hc.runtime.output_dir, choices=dict(hc.runtime.choices))
-    print_result(result)
+    output_dir = hc.runtime.output_dir
+    try:
+        result = run_pipeline(cfg, output_dir, choices=dict(hc.runtime.choices))
+    except MissingInputError as e:  # result.json has the traceback; the console gets one line
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if hc.mode == RunMode.MULTIRUN:  # the job fails, the sweep goes on and lists it at the end
+            raise InputError(f"gradsift-run: {e}") from e
+        sys.exit(f"gradsift-run: {e}")
+    shown = os.path.relpath(output_dir) if not os.path.relpath(output_dir).startswith("..") else output_dir
+    if hc.mode == RunMode.MULTIRUN:
+        print(job_line(result, shown), flush=True)
+    else:
+        print_result(result)
+        files = ", ".join(sorted(p.name for p in Path(output_dir).iterdir() if p.is_file()))
+        print(job_line(result, shown) if result.get("skipped") else f"wrote {shown} ({files})", flush=True)
     return result.get("metrics", {}).get("test_acc", float("nan"))
 
 

@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from gradsift.artifacts import base_artifacts
 from gradsift.attribution.gradient_set import GradientSet
-from gradsift.record import now, recorded, start_run, write_result
+from gradsift.record import finished_result, now, recorded, start_run, write_result
 from gradsift.scoring.base import Scorer
 from gradsift.scoring.class_detection import class_detection_metrics
 from gradsift.viz import save_figure
@@ -38,7 +38,10 @@ from gradsift.viz import save_figure
 
 def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
     """One identification run; writes ``result.json`` (status running -> ok/failed), ``scores.npy``,
-    ``per_test.csv`` and ``heatmap.png`` in ``output_dir`` and returns the result dict."""
+    ``per_test.csv`` and ``heatmap.png`` in ``output_dir`` and returns the result dict (a run that already finished
+    there with the same config is skipped, see :func:`gradsift.record.finished_result`)."""
+    if (done := finished_result(cfg, output_dir)) is not None:
+        return done
     t_start = time.perf_counter()
     # only rank 0 of a multi-process launch writes the run's files
     output_dir, result = start_run(cfg, output_dir, dataset=cfg.data.get("benchmark"), flow="identification")

@@ -7,6 +7,7 @@ The orchestrator only: training is :mod:`gradsift.training`, the cached base mod
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from omegaconf import DictConfig
 from gradsift import artifacts, identification
 from gradsift.data.base import NoisyLabelDataModule
 from gradsift.loggers import log_run
-from gradsift.record import now, recorded, start_run, write_result
+from gradsift.record import finished_result, now, recorded, start_run, write_result
 from gradsift.scoring.base import Scorer
 from gradsift.scoring.lds import LinearDatamodelingScore
 from gradsift.trim import Trim, detection_metrics
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
@@ -32,10 +35,13 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         choices: Hydra's config-group choices (``scorer: iforest`` ...), recorded to name the run.
 
     Returns:
-        The run record, as written to ``result.json``.
+        The run record, as written to ``result.json``; a run that already finished there with the same config is
+        not repeated (its record comes back with ``skipped: true``; ``force=true`` repeats it).
     """
     if cfg.get("flow", "trim") == "identification":  # OGA Table 3: [n_test, n_train] scores, no trimming
         return identification.run(cfg, output_dir, choices)
+    if (done := finished_result(cfg, output_dir)) is not None:
+        return done
     t_start = time.perf_counter()
     output_dir, result = start_run(cfg, output_dir)
     with recorded(result, output_dir):
@@ -53,11 +59,16 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         art = artifacts.scorer_inputs(cfg, datamodule, scorer,
                                       artifacts.base_artifacts(cfg, datamodule, hessian=scorer.needs_hessian))
         result["base_key"], result["cache_hit"], result["model_cache_hit"] = art.key, art.hit, art.model_hit
+        log.info("base model %s (%s), gradients %s (%s): %d x %d", art.model_key,
+                 "cached" if art.model_hit else "trained", art.key, "cached" if art.hit else "gathered",
+                 art.inputs.train.n, art.inputs.train.dim)
 
         attribution = attributor.score(art.inputs, datamodule)
         attribution.write_flagged(output_dir)
         by_row = attribution.flagged.sort_index()  # back in training-row order
         remove = by_row["flagged"].to_numpy()
+        log.info("%s: scored in %.2f s, flagged %d of %d (%s)", method, attribution.score_s, int(remove.sum()),
+                 len(remove), "detector labels" if trim.selection == "detector" else trim.key)
         train = art.inputs.train
         metrics = {f"base_test_{k}": v for k, v in art.model_meta["base_test"].items()}
         if getattr(datamodule, "has_noise_mask", True):
@@ -70,6 +81,9 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
             test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = artifacts.retrain(
                 cfg, datamodule, train.index[~remove], art.model_key)
             metrics.update({f"test_{k}": v for k, v in test.items()})
+            log.info("retrain on %d kept samples (%s): test %s", int((~remove).sum()),
+                     "cached" if result["retrain_cache_hit"] else "trained",
+                     ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
         else:  # detection only (dropout Table 1): the scores and their AUC against the flip mask are the result
             result["finished_at"] = now()
         lds_s = 0.0
@@ -92,6 +106,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
             gallery_from_datamodule(datamodule, attribution.scores, train.index, output_dir / "gallery.png",
                                     k=int(cfg.gallery), title=f"{method} | {result['dataset']} | seed {cfg.seed}")
         log_run(cfg, result, attribution.flagged, datamodule)
+        log.info("wrote %s: %s", output_dir, ", ".join(sorted(p.name for p in output_dir.iterdir() if p.is_file())))
     return result
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -25,6 +26,52 @@ from omegaconf import DictConfig, OmegaConf
 
 import gradsift
 from gradsift.cache import config_hash, launcher_rank
+
+log = logging.getLogger(__name__)
+
+#: root keys that say how to run, not what: left out of the recorded config and its hash
+RUN_CONTROL_KEYS = ("force",)
+
+
+def recorded_config(cfg: DictConfig) -> dict:
+    """The resolved config as ``result.json`` records it, without :data:`RUN_CONTROL_KEYS`."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in RUN_CONTROL_KEYS:
+        data.pop(key, None)
+    return data
+
+
+def run_hash(cfg: DictConfig) -> str:
+    """The run's ``config_hash``: the hash of :func:`recorded_config` (``force=true`` does not change it)."""
+    return config_hash(recorded_config(cfg))
+
+
+def finished_result(cfg: DictConfig, output_dir: str | Path) -> dict | None:
+    """The record of this run when it already finished in ``output_dir``, else None (and always None with
+    ``force=true``).
+
+    Finished means ``result.json`` with status ``ok`` and this config's :func:`run_hash`: a re-run sweep (the same
+    ``hydra.sweep.dir``) skips its finished jobs and runs the failed, interrupted and changed ones. Every rank of a
+    multi-process launch reads the same folder, so they all skip together.
+
+    Args:
+        cfg: the run config.
+        output_dir: the run's folder.
+
+    Returns:
+        The earlier record, with ``skipped: true`` added (not written), or None.
+    """
+    if cfg.get("force"):
+        return None
+    try:
+        earlier = json.loads((Path(output_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if earlier.get("status") != "ok" or earlier.get("config_hash") != run_hash(cfg):
+        return None
+    log.info("%s finished before with the same config (config hash %s, %s): skipped; force=true runs it again",
+             output_dir, earlier["config_hash"], earlier.get("finished_at", "time unknown"))
+    return {**earlier, "skipped": True}
 
 
 def start_run(cfg: DictConfig, output_dir: str | Path, dataset: str | None = None, **fields) -> tuple[Path, dict]:
@@ -45,7 +92,7 @@ def start_run(cfg: DictConfig, output_dir: str | Path, dataset: str | None = Non
         torch.set_num_threads(int(cfg.torch_threads))
     result = {"experiment": cfg.experiment_name, **fields,
               "dataset": dataset or cfg.data.get("name", cfg.data._target_.rsplit(".", 1)[-1]),
-              "seed": int(cfg.seed), "config_hash": config_hash(cfg), "config": OmegaConf.to_container(cfg, resolve=True),
+              "seed": int(cfg.seed), "config_hash": run_hash(cfg), "config": recorded_config(cfg),
               "versions": versions(), "status": "running", "error": None}
     return output_dir, result
 

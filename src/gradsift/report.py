@@ -1,4 +1,4 @@
-"""Console summary of one run (rich)."""
+"""Console summary of one run (rich): a table for a single run, one line per job of a sweep."""
 
 from __future__ import annotations
 
@@ -28,3 +28,20 @@ def print_result(result: dict, out: Console | None = None) -> None:
         t.add_row(k, f"{v:.2f}s")
     t.add_row("cache", "hit" if result.get("cache_hit") else "miss")
     out.print(t)
+
+
+#: metrics a sweep job's line shows, in this order, where the run has them
+LINE_METRICS = ("detection_acc", "detection_auc", "test_acc", "test_perplexity", "n_trimmed")
+
+
+def job_line(result: dict, output_dir: str) -> str:
+    """One line for a job of a sweep: its name, its main metrics, time and cache use, and its folder."""
+    name = f"{result.get('method')} | {result.get('dataset')} | seed {result.get('seed')}"
+    if result.get("skipped"):
+        return f"{name}: skipped (finished before with the same config; force=true runs it again): {output_dir}"
+    metrics = result.get("metrics", {})
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+                      for k in LINE_METRICS if k in metrics)
+    total = result.get("timings", {}).get("total_s")
+    took = f"{total:.2f} s, " if total is not None else ""
+    return f"{name}: {shown} ({took}cache {'hit' if result.get('cache_hit') else 'miss'}) -> {output_dir}"

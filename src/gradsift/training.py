@@ -1,12 +1,18 @@
 """Training and evaluation from the config: fit a fresh model, test it, record per-epoch test curves, load weights.
 
 Every model the pipeline trains (the base model and each retrain) goes through :func:`fit_and_evaluate`, so the
-recipe (``cfg.model``, ``cfg.trainer``, ``cfg.seed``) is applied in one place.
+recipe (``cfg.model``, ``cfg.trainer``, ``cfg.seed``) is applied in one place. Those fits run under
+:func:`quiet_lightning`: Lightning's per-fit console chatter and known deprecation warnings are left out of
+gradsift's own runs (and only of those: filters are removed when the fit returns).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -14,7 +20,45 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from gradsift.cache import read_file
 from gradsift.data.base import NoisyLabelDataModule
+
+log = logging.getLogger(__name__)
+
+
+#: Lightning's info lines that every fit prints and that say nothing about a gradsift run (which accelerators exist,
+#: a logger advertisement, that max_epochs was reached)
+LIGHTNING_CHATTER = ("GPU available:", "TPU available:", "HPU available:", "\N{ELECTRIC LIGHT BULB} Tip:",
+                     "`Trainer.fit` stopped:")
+#: (category, message pattern) of warnings that gradsift's fits raise through no choice of the user's: a Lightning /
+#: torch deprecation, the in-memory datasets' single-process loaders, CPU trainers on a GPU machine
+KNOWN_WARNINGS = ((FutureWarning, r".*isinstance\(treespec, LeafSpec\)"), (Warning, r".*does not have many workers"),
+                  (Warning, r".*GPU available but not used"))
+_LIGHTNING_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                      "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_CHATTER)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Within the block, drop :data:`LIGHTNING_CHATTER` and :data:`KNOWN_WARNINGS`; everything else Lightning says
+    (warnings about the user's own settings included) still shows."""
+    chatter = _DropChatter()
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(chatter)
+    try:
+        with warnings.catch_warnings():
+            for category, pattern in KNOWN_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern, category=category)
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(chatter)
 
 
 class EpochTestCurve(pl.Callback):
@@ -99,20 +143,43 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: NoisyLabelDataModule, callback
         ``{name: value}`` (``acc`` for classifiers, ``perplexity`` for causal LMs); with ``eval_every_epoch: true``
         also ``curve``, the per-epoch test accuracy (or loss), see :class:`EpochTestCurve`.
     """
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = instantiate(cfg.model)
-    curve = EpochTestCurve(datamodule) if cfg.get("eval_every_epoch") else None
-    fill = cfg.get("fill_uninitialized_memory")
-    extra = ([curve] if curve else []) + ([UninitializedMemoryFill(fill)] if fill is not None else [])
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=(callbacks or []) + extra, logger=False)
-    t0 = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    seconds = time.perf_counter() - t0
-    logged = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-    metrics = {k.split("/", 1)[1]: float(v) for k, v in logged.items() if k.startswith("test/")}
+    with quiet_lightning():
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        model = instantiate(cfg.model)
+        curve = EpochTestCurve(datamodule) if cfg.get("eval_every_epoch") else None
+        fill = cfg.get("fill_uninitialized_memory")
+        extra = ([curve] if curve else []) + ([UninitializedMemoryFill(fill)] if fill is not None else [])
+        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=(callbacks or []) + extra, logger=False)
+        t0 = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule)
+        seconds = time.perf_counter() - t0
+        metrics = _test_metrics(trainer, model, datamodule)
     if curve is not None:
         metrics["curve"] = curve.values
+    log.info("%s model: trained in %.2f s; test %s", stage, seconds,
+             ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     return model, metrics, seconds
+
+
+def evaluate(cfg: DictConfig, model: pl.LightningModule, datamodule: NoisyLabelDataModule) -> dict:
+    """Test metrics of an already-trained ``model`` on ``datamodule``'s test split, with the config's trainer.
+
+    Args:
+        cfg: the run config (``trainer``).
+        model: the trained module.
+        datamodule: gives the test split.
+
+    Returns:
+        ``{name: value}`` for every ``test/<name>`` the module logs, as :func:`fit_and_evaluate` returns them.
+    """
+    with quiet_lightning():
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=False)
+        return _test_metrics(trainer, model, datamodule)
+
+
+def _test_metrics(trainer: pl.Trainer, model: pl.LightningModule, datamodule: NoisyLabelDataModule) -> dict:
+    logged = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    return {k.split("/", 1)[1]: float(v) for k, v in logged.items() if k.startswith("test/")}
 
 
 def fit_and_test(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: list | None = None,
@@ -125,7 +192,7 @@ def fit_and_test(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: l
 def load_model(cfg: DictConfig, path: Path) -> pl.LightningModule:
     """``cfg.model`` with the weights in ``path/model.pt``, in eval mode, on the device the trainer would use."""
     model = instantiate(cfg.model)
-    model.load_state_dict(torch.load(path / "model.pt", weights_only=True, map_location="cpu"))
+    model.load_state_dict(read_file(path / "model.pt", lambda p: torch.load(p, weights_only=True, map_location="cpu")))
     accel = str(cfg.trainer.get("accelerator", "auto"))
     if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda"):
         model = model.cuda()

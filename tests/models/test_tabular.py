@@ -72,3 +72,16 @@ def test_sigmoid_mlp_is_the_authors_model():
     gs = PerSampleGradients(parameters="last_layer", progress=False).gather(model, [batch])
     np.testing.assert_allclose(gs.grads, ((p - y)[:, None] * h2).numpy(), rtol=1e-6, atol=1e-9)
     assert gs.dim == 2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"hidden": 64}, r"model.hidden=64: expected a list of hidden-layer widths, e.g. model.hidden=\[64\]"),
+    ({"hidden": [64, 0]}, r"model.hidden\[1\]=0: expected a positive integer"),
+    ({"in_features": 2.5}, r"model.in_features=2.5: expected a positive integer"),
+    ({"num_classes": 0}, r"model.num_classes=0: expected a positive integer"),
+])
+def test_mlp_arguments_are_checked_by_name(kwargs, match):
+    """model.hidden=64 gave "'int' object is not iterable" (issue #19 item 9)."""
+    with pytest.raises(ValueError, match=match):
+        MLP(**kwargs)
+    assert [m.out_features for m in MLP(hidden=[8]).net if isinstance(m, torch.nn.Linear)] == [8, 2]

@@ -20,6 +20,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
+class MissingInputError(FileNotFoundError):
+    """A file or folder that the config names is not there.
+
+    Its message is one line naming the config key (``data.data_dir=...``) and what was expected; raised by
+    :meth:`NoisyLabelDataModule.check` before anything slow runs.
+    """
+
+
 class DictDataset(Dataset):
     """Rows of named arrays; item ``i`` is ``{key: array[i]}`` plus ``index``."""
 
@@ -109,11 +117,19 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         """The ``(train, val, test)`` datasets, ``val`` possibly None; subclasses implement it."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise :class:`MissingInputError` when an input this datamodule reads is missing.
+
+        Cheap (no reading, no download), so a run fails at once rather than after imports and downloads.
+        :meth:`setup` calls it first; the base class reads no files.
+        """
+
     # -- lightning --------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        """Build the splits once; with ``keep``, restrict the training split to it."""
+        """Check the inputs, build the splits once; with ``keep``, restrict the training split to it."""
         if self.full_train_set is not None:
             return
+        self.check()
         self.full_train_set, self.val_set, self.test_set = self.build()
         if len(self.full_train_set) == 0:
             raise ValueError(f"{type(self).__name__}: the training split is empty")

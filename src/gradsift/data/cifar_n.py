@@ -25,6 +25,7 @@ random crop with 4-pixel zero padding + horizontal flip per image, as the CIFAR-
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import pickle
@@ -37,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gradsift.data.augment import Augment, Normalize, channel_stats
-from gradsift.data.base import DictDataset, NoisyLabelDataModule
+from gradsift.data.base import DictDataset, MissingInputError, NoisyLabelDataModule
 from gradsift.data.resident import ResidentBatches
 
 # per-channel statistics used by the CIFAR-N authors' training code
@@ -319,6 +320,35 @@ class CIFARNDataModule(NoisyLabelDataModule):
         self.mean, self.std = _normalization(normalize, self.base)
         self.class_names = CIFAR10_CLASSES if self.base == "cifar10" else tuple(str(c) for c in range(self.num_classes))
         self.image_source: str | None = None
+
+    def check(self) -> None:
+        """Images and human labels must be under ``data_dir``, or ``download=true`` must be able to fetch them.
+
+        Images need torchvision for a download. The error is one line naming ``data.data_dir`` and what was looked
+        for, before any import or download.
+        """
+        if self.dataset == "cifar10n_5k":
+            if not (self.data_dir / PARTIAL_ARCHIVE).is_file():
+                raise MissingInputError(f"data.data_dir={self.data_dir}: dataset cifar10n_5k needs {PARTIAL_ARCHIVE} "
+                                        "there (the exact 5,085-image CIFAR-10 subset)")
+        else:
+            by_torchvision, by_jpeg = self.source in ("auto", "torchvision"), self.source in ("auto", "jpeg")
+            looked = ([TORCHVISION_DIRS[self.base] + "/"] if by_torchvision else []) + (
+                [str(JPEG_ARCHIVE)] if by_jpeg and self.base == "cifar10" else [])
+            found = (by_torchvision and (self.data_dir / TORCHVISION_DIRS[self.base]).is_dir()) or (
+                by_jpeg and self.base == "cifar10" and (self.data_dir / JPEG_ARCHIVE).is_file())
+            can_download = by_torchvision and self.download
+            if not found and not (can_download and importlib.util.find_spec("torchvision") is not None):
+                why = ("torchvision, which data.download=true needs to download them, is not installed" if can_download
+                       else "data.download is false" if by_torchvision else "")
+                raise MissingInputError(f"data.data_dir={self.data_dir}: no {self.base} images there for "
+                                        f"data.source={self.source} (looked for {' and '.join(looked) or 'nothing'}"
+                                        + (f"; {why})" if why else ")"))
+        pt_name, npz_name = LABEL_FILES[self.base]
+        if not self.download and not any((folder / name).is_file() for folder in (self.data_dir, self.data_dir / "cifar-n")
+                                         for name in (pt_name, npz_name)):
+            raise MissingInputError(f"data.data_dir={self.data_dir}: no CIFAR-N labels ({pt_name} or {npz_name}) there "
+                                    "or in its cifar-n/ folder, and data.download is false")
 
     # -- loading ----------------------------------------------------------------------------------------------
     def load_images(self) -> dict[str, np.ndarray]:

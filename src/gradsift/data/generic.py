@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradsift.data.base import DictDataset, NoisyLabelDataModule
+from gradsift.data.base import DictDataset, MissingInputError, NoisyLabelDataModule
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,13 @@ class ArrayDataModule(NoisyLabelDataModule):
         self.has_clean_labels = clean_label is not None
         self.classes: list | None = None
         self.n_features: int | None = None
+
+    def check(self) -> None:
+        """Each split given as a path must exist (a file, or a ``save_to_disk`` folder)."""
+        for split, source in self.sources.items():
+            if isinstance(source, (str, Path)) and not Path(source).exists():
+                raise MissingInputError(f"data.{split}={source}: no such file or folder (expected a "
+                                        f"{', '.join(TABLE_SUFFIXES)} file or a datasets save_to_disk folder)")
 
     # -- reading ----------------------------------------------------------------------------------
     def _splits(self) -> dict[str, tuple[Columns, str]]:

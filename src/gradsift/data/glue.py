@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from gradsift.data.base import DictDataset, NoisyLabelDataModule, flip_labels
+from gradsift.data.base import DictDataset, MissingInputError, NoisyLabelDataModule, flip_labels
 from gradsift.hub import resolve_model
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -182,6 +182,17 @@ class GlueDataModule(NoisyLabelDataModule):
         self.cache_dir = Path(root) / "glue"
         self.pad_token_id = 0
         self.origin = ""  # where the rows came from, set by build()
+
+    def check(self) -> None:
+        """Local files must be there when they are the only source (``source=local``, or offline)."""
+        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+        if self.source == "hub" or (self.source == "auto" and not offline):
+            return
+        files = find_local_files(self.task, self.data_dir) if self.data_dir else {}
+        if "validation" not in files:
+            raise MissingInputError(f"data.data_dir={self.data_dir}: no GLUE {self.task} validation file "
+                                    f"({', '.join(SPLIT_FILES['validation'])}) there or in its {self.spec.folder}/ "
+                                    "folder" + (" (offline, so the hub is not tried)" if offline else ""))
 
     # -- raw rows ---------------------------------------------------------------------------------
     def raw_splits(self) -> tuple[dict[str, pd.DataFrame], str]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from gradsift.data.base import DictDataset, NoisyLabelDataModule
+from gradsift.data.base import DictDataset, MissingInputError, NoisyLabelDataModule
 from gradsift.data.tokenizers import load_tokenizer, train_bpe_tokenizer
 
 BENCHMARKS = ("grammars", "math_with_reason", "math_without_reason")
@@ -257,6 +257,16 @@ class LLMBenchmarkDataModule(NoisyLabelDataModule):
         self.train_per_class, self.test_per_class = train_per_class, test_per_class
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.raw: dict[str, datasets.Dataset] = {}
+
+    def check(self) -> None:
+        """Without ``generate``, the release's train and test sets must be in ``data_dir`` (``.hf`` or ``.jsonl``)."""
+        if self.generate:
+            return
+        for split in ("train", "test"):
+            base = Path(self.data_dir) / f"{self.benchmark}_{split}"
+            if not (base.with_suffix(".hf").is_dir() or base.with_suffix(".jsonl").is_file()):
+                raise MissingInputError(f"data.data_dir={self.data_dir}: neither {base.name}.hf/ nor {base.name}.jsonl "
+                                        "is there (the DataInf release layout; data.generate=true makes a new set)")
 
     def build(self) -> tuple[DictDataset, None, DictDataset]:
         """The benchmark's prompts tokenized; ``label`` and ``clean_label`` are the class ids."""

@@ -15,7 +15,7 @@ import torch
 from sklearn.datasets import make_blobs, make_moons
 from sklearn.preprocessing import StandardScaler
 
-from gradsift.data.base import DictDataset, NoisyLabelDataModule, flip_labels
+from gradsift.data.base import DictDataset, MissingInputError, NoisyLabelDataModule, flip_labels
 
 
 def _columns(x: np.ndarray, y: np.ndarray, clean: np.ndarray) -> dict:
@@ -77,6 +77,14 @@ class OGAToyDataModule(NoisyLabelDataModule):
     def __init__(self, data_dir: str, batch_size: int = 0, seed: int = 0, keep=None, **kw):
         super().__init__(batch_size=batch_size or 150, eval_batch_size=150, seed=seed, keep=keep, **kw)
         self.data_dir = Path(data_dir)
+
+    def check(self) -> None:
+        """The three CSV files of the toy set must be in ``data_dir``."""
+        missing = [n for n in ("train.csv", "train_unflipped_infdatasel.csv", "test.csv")
+                   if not (self.data_dir / n).is_file()]
+        if missing:
+            raise MissingInputError(f"data.data_dir={self.data_dir}: expected {', '.join(missing)} of the OGA toy "
+                                    "set there (see ../shared/data/SOURCES.md, folder oga-toy/)")
 
     def _read(self, name: str) -> pd.DataFrame:
         path = self.data_dir / name

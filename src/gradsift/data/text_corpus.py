@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from gradsift.data.base import DictDataset, NoisyLabelDataModule
+from gradsift.data.base import DictDataset, MissingInputError, NoisyLabelDataModule
 from gradsift.data.llm_benchmarks import collate_causal
 from gradsift.data.tokenizers import load_tokenizer, train_bpe_tokenizer
 
@@ -102,6 +102,18 @@ class TextCorpusDataModule(NoisyLabelDataModule):
         self.num_classes = 1
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.source: str = ""
+
+    def check(self) -> None:
+        """Given files must exist; a WikiText ``data_dir`` must hold the offline files."""
+        if self.train_file is not None:
+            for key, f in (("data.train_file", self.train_file), ("data.test_file", self.test_file)):
+                if f is None or not Path(f).is_file():
+                    raise MissingInputError(f"{key}={f}: no such text file")
+        elif self.data_dir is not None and self.corpus == "wikitext":
+            missing = [rel for rel in WIKITEXT_LOCAL.values() if not (Path(self.data_dir) / rel).is_file()]
+            if missing:
+                raise MissingInputError(f"data.data_dir={self.data_dir} lacks {', '.join(map(str, missing))} (offline "
+                                        "WikiText-2; data.data_dir=null reads the hub)")
 
     def _lines(self) -> dict[str, list[str]]:
         if self.train_file is not None:

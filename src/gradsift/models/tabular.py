@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,24 @@ from torch import nn
 
 from gradsift.models.base import GradsiftModule
 from gradsift.models.optim import OptimizerFactory, SchedulerFactory, TrainingRecipe
+
+
+def positive_int(key: str, value: Any) -> int:
+    """``value`` as an int >= 1, or a ValueError naming the config key (``model.in_features``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}={value!r}: expected a positive integer")
+    return value
+
+
+def layer_widths(key: str, value: Any) -> tuple[int, ...]:
+    """``value`` as a tuple of hidden-layer widths, or a ValueError naming the config key.
+
+    ``model.hidden=64`` must be written ``model.hidden=[64]`` (one layer) or ``[64,64]``.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{key}={value!r}: expected a list of hidden-layer widths, e.g. {key}=[{value}] for one "
+                         f"layer or {key}=[{value},{value}] for two ([] for none)")
+    return tuple(positive_int(f"{key}[{i}]", h) for i, h in enumerate(value))
 
 
 class _TabularClassifier(TrainingRecipe, GradsiftModule):
@@ -36,6 +55,7 @@ class LogisticRegression(_TabularClassifier):
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "step",
                  no_weight_decay: Sequence[str] = ()):
         super().__init__()
+        in_features, num_classes = positive_int("model.in_features", in_features), positive_int("model.num_classes", num_classes)
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(in_features, num_classes))
 
@@ -48,6 +68,8 @@ class MLP(_TabularClassifier):
                  scheduler: SchedulerFactory | None = None, scheduler_interval: str = "step",
                  no_weight_decay: Sequence[str] = ()):
         super().__init__()
+        hidden = layer_widths("model.hidden", hidden)
+        in_features, num_classes = positive_int("model.in_features", in_features), positive_int("model.num_classes", num_classes)
         self.save_hyperparameters()
         layers: list[nn.Module] = []
         width = in_features
