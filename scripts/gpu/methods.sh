@@ -23,7 +23,7 @@ OUT=${OUT:-/tmp/methods_out}; SEEDS=${SEEDS:-0}; EXTRA=${EXTRA:-}; PY=${PY:-pyth
 mkdir -p "$OUT" multirun
 if [ "${DEVICE_SETUP:-1}" = 1 ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD/src:$PWD GRADSIFT_DATA=$PWD/.gpu/c10
+  export PYTHONPATH=/tmp/site:$PWD/src:$PWD GRADSIFT_DATA=${GRADSIFT_DATA:-$PWD/.gpu/c10}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/gpu.txt
 fi
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
