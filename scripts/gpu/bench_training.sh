@@ -16,7 +16,7 @@ if [ "${DEVICE_SETUP:-1}" = 1 ]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt" 2>&1
   nvidia-smi >> "$OUT/gpu.txt" 2>&1
 else
-  export PYTHONPATH=$PWD/src:$PWD
+  export PYTHONPATH=${PYTHONPATH:-$PWD/src:$PWD}  # a caller (recipe_r.sh BENCH=1) may have set up /tmp/site
 fi
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1 TOKENIZERS_PARALLELISM=false
 CMD="$PY benchmarks/bench_training.py --out $OUT --budget $BUDGET --sections $SECTIONS $EXTRA"
