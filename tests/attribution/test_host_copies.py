@@ -128,3 +128,32 @@ def test_host_tensors_pass_through_the_real_pool_unstaged():
     assert copy.event is None and pool.buffers == {} and copy.arrays()[0].tolist() == [0, 1, 2, 3]
     copy.release()
     assert pool.unread == set()
+
+
+def test_prefaulted_rows_hold_exactly_the_rows_written():
+    """The prefault thread touches pages ahead of the writer and never overwrites a written row, however the two
+    threads interleave (tiny blocks force many hand-overs; the rows are written as fast as the writer can)."""
+    from gradsift.attribution.gradients import _Prefault, _Rows
+
+    rng = np.random.default_rng(0)
+    n, dim, bs = 997, 1031, 7
+    want = rng.standard_normal((n, dim)).astype(np.float32)
+    rows = _Rows(n, dim=dim, prefault_bytes=0)
+    assert isinstance(rows.prefault, _Prefault)
+    rows.prefault.rows_per_block = 3
+    for i in range(0, n, bs):
+        rows.add(want[i:i + bs], np.arange(i, min(n, i + bs)), np.zeros(min(bs, n - i), dtype=np.int64))
+    grads, index, _ = rows.result(dim)
+    assert not rows.prefault.thread.is_alive()
+    np.testing.assert_array_equal(grads, want)
+    np.testing.assert_array_equal(index, np.arange(n))
+
+
+def test_rows_without_prefault_and_with_fewer_rows_than_the_dataset():
+    from gradsift.attribution.gradients import _Rows
+
+    rows = _Rows(10, dim=3)  # far below the prefault threshold: no thread
+    assert rows.prefault is None
+    rows.add(np.ones((4, 3), np.float32), np.arange(4), np.zeros(4, np.int64))
+    grads, index, _ = rows.result(3)
+    assert grads.shape == (4, 3) and index.tolist() == [0, 1, 2, 3]

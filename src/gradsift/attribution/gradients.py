@@ -278,7 +278,7 @@ class PerSampleGradients:
         skip = 0
         if store is not None:
             skip = store.open(dim=self.compressor.out_blocks[-1].stop, blocks=self.compressor.out_blocks, meta=meta)
-        rows = _Rows(len(dataset) if dataset is not None else None)
+        rows = _Rows(len(dataset) if dataset is not None else None, dim=self.compressor.out_blocks[-1].stop)
         pending: deque[_HostCopy] = deque()
         buffers = _PinnedBuffers(depth=2)  # one batch in flight while the previous one is read
 
@@ -413,32 +413,93 @@ class _Rows:
     """Batches of (gradients, index, labels) joined in order.
 
     Gradients go into one preallocated array when the number of rows is known, so the whole matrix is not
-    concatenated (copied once more) at the end.
+    concatenated (copied once more) at the end. When the dimension is known too and the array is large, a
+    background thread touches its pages ahead of the rows (:class:`_Prefault`): the kernel maps and zeroes each
+    page while the GPU computes, instead of in the main thread's row copy (on an H200 that copy's page faults cost
+    ResNet-34's last-layer gather 12% of inference speed; docs/BENCHMARKS.md, "Last-layer gradient gathering").
     """
 
-    def __init__(self, n: int | None):
-        self.n, self.out, self.filled = n, None, 0
+    def __init__(self, n: int | None, dim: int | None = None, dtype=np.float32, prefault_bytes: int = 64 << 20):
+        self.n, self.out, self.filled, self.prefault = n, None, 0, None
         self.parts: list[np.ndarray] = []
         self.index: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        if n is not None and dim is not None:
+            self.out = np.empty((n, dim), dtype=dtype)
+            if self.out.nbytes >= prefault_bytes:
+                self.prefault = _Prefault(self.out)
 
     def add(self, g: np.ndarray, ix: np.ndarray, lb: np.ndarray) -> None:
         self.index.append(ix.copy())
         self.labels.append(lb.copy())
         if self.n is not None and self.out is None:
             self.out = np.empty((self.n, g.shape[1]), dtype=g.dtype)
-        if self.out is not None and not self.parts and self.filled + len(g) <= len(self.out):
+        if (self.out is not None and not self.parts and self.filled + len(g) <= len(self.out)
+                and g.shape[1:] == self.out.shape[1:]):
+            if self.prefault is not None:
+                self.prefault.wait_for(self.filled + len(g))
             self.out[self.filled:self.filled + len(g)] = g
             self.filled += len(g)
         else:  # more rows than the dataset has (e.g. a sampler with replacement): keep the batches, join at the end
             self.parts.append(g.copy())
 
     def result(self, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        parts = ([] if self.out is None else [self.out[:self.filled]]) + self.parts
+        if self.prefault is not None:
+            self.prefault.stop()
+        parts = ([] if self.out is None or not self.filled else [self.out[:self.filled]]) + self.parts
         if not parts:
             return np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         grads = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return grads, np.concatenate(self.index), np.concatenate(self.labels)
+
+
+class _Prefault:
+    """Touches one byte per page of a fresh array, row block by row block, in a daemon thread.
+
+    The writer calls :meth:`wait_for` before it writes rows ``[.., stop)``; the thread only writes rows it has not
+    handed over yet, so it never overwrites a written row. numpy releases the GIL for the strided assignment, so the
+    main thread keeps launching GPU work meanwhile.
+    """
+
+    PAGE = 4096
+
+    def __init__(self, out: np.ndarray, block_bytes: int = 8 << 20):
+        import threading
+
+        self.out, self.done_rows, self.halt = out, 0, False
+        self.rows_per_block = max(1, block_bytes // max(1, out.strides[0]))
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="gradsift-prefault", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        n = len(self.out)
+        flat = self.out.reshape(-1).view(np.uint8)
+        row_bytes = self.out.strides[0]
+        start = 0
+        while start < n and not self.halt:
+            stop = min(n, start + self.rows_per_block)
+            flat[start * row_bytes:stop * row_bytes:self.PAGE] = 0
+            with self.cond:
+                self.done_rows = stop
+                self.cond.notify_all()
+            start = stop
+        with self.cond:
+            self.done_rows = n if not self.halt else self.done_rows
+            self.halt = True
+            self.cond.notify_all()
+
+    def wait_for(self, stop: int) -> None:
+        """Block until rows ``[0, stop)`` are touched (or the thread has ended)."""
+        with self.cond:
+            while self.done_rows < stop and not self.halt:
+                self.cond.wait()
+
+    def stop(self) -> None:
+        """End the thread (rows not yet touched stay untouched: the writer wrote them or never will)."""
+        with self.cond:
+            self.halt = True
+        self.thread.join()
 
 
 def _embedding_grads(idx: torch.Tensor, gout: torch.Tensor, vocab: int) -> torch.Tensor:
