@@ -281,13 +281,17 @@ class CIFARNDataModule(NoisyLabelDataModule):
     :class:`gradsift.data.augment.Augment` fields (``padding``, ``pad_mode``, ``crop``, ``flip``). ``normalize``:
     ``cifar_n`` (the CIFAR-N authors' per-channel constants), ``dataset`` (the training split's own per-channel
     mean / std, computed once before any ``keep``) or ``{mean: [...], std: [...]}`` in [0, 1] units.
-    ``shuffle``: reshuffle the training split every epoch (false keeps the dataset order).
+    ``shuffle``: reshuffle the training split every epoch (false keeps the dataset order); or a mapping
+    ``{base: bool, retrain: bool}``: ``base`` for the model trained on the full training split, ``retrain`` for every
+    fit on a kept subset (:meth:`with_keep`: the retrains, and the folds of ``scorer.probs=kfold``). The OGA
+    authors' ``cifar-10-100n/OD-experiment.py`` trains the base model with ``shuffle=False`` ("True originally") and
+    retrains through a random sampler over the kept indices (``RemovalSampler``): ``{base: false, retrain: true}``.
     """
 
     def __init__(self, dataset: str = "cifar10n", noise: str = "aggregate", data_dir: str = "data",
                  source: str = "auto", download: bool = True, cache_dir: str | None = None, coarse: bool = False,
                  subset: int | None = None, val_size: int = 0, test_size: int | None = None,
-                 augment: bool | Mapping = True, normalize: str | Mapping = "cifar_n", shuffle: bool = True,
+                 augment: bool | Mapping = True, normalize: str | Mapping = "cifar_n", shuffle: bool | Mapping = True,
                  device: str | None = None, num_classes: int | None = None, name: str | None = None,
                  batch_size: int = 128, eval_batch_size: int | None = 512, num_workers: int = 0, seed: int = 0,
                  keep: Sequence[int] | None = None):
@@ -312,7 +316,7 @@ class CIFARNDataModule(NoisyLabelDataModule):
         self.cache_dir = cache_dir
         self.coarse, self.subset_size, self.val_size, self.test_size = coarse, subset, val_size, test_size
         self.augment, self.device, self.name = Augment.from_config(augment), device, name or dataset
-        self.shuffle = shuffle
+        self.shuffle, self.retrain_shuffle = _shuffle_spec(shuffle)
         self.num_classes = 20 if coarse else (100 if family == "cifar100n" else 10)
         if num_classes is not None and num_classes != self.num_classes:
             raise ValueError(f"data.num_classes={num_classes} but {dataset} (coarse={coarse}) has {self.num_classes}")
@@ -423,6 +427,12 @@ class CIFARNDataModule(NoisyLabelDataModule):
             cols = {k: v.to(self.device) for k, v in cols.items()}
         return ImageDataset(cols, index=pos[rows])
 
+    def with_keep(self, keep: Sequence[int]) -> "CIFARNDataModule":
+        """The kept subset (see the base class), shuffled as ``shuffle.retrain`` says when ``shuffle`` is a mapping."""
+        clone = super().with_keep(keep)
+        clone.shuffle = self.retrain_shuffle
+        return clone
+
     # -- loaders ----------------------------------------------------------------------------------------------
     def _loader(self, ds, shuffle: bool, batch_size: int, augment: bool = False) -> DataLoader | None:
         if ds is None:
@@ -494,3 +504,13 @@ def _torchvision_download(data_dir: Path, base: str) -> None:
     cls = torchvision.datasets.CIFAR10 if base == "cifar10" else torchvision.datasets.CIFAR100
     for train in (True, False):
         cls(root=str(data_dir), train=train, download=True)
+
+
+def _shuffle_spec(shuffle: bool | Mapping) -> tuple[bool, bool]:
+    """``data.shuffle`` as ``(base, retrain)``: a bool applies to both fits; a mapping names each."""
+    if isinstance(shuffle, bool):
+        return shuffle, shuffle
+    if isinstance(shuffle, Mapping) and set(shuffle) == {"base", "retrain"} \
+            and all(isinstance(v, bool) for v in shuffle.values()):
+        return bool(shuffle["base"]), bool(shuffle["retrain"])
+    raise ValueError(f"data.shuffle={shuffle!r}; expected true, false or {{base: <bool>, retrain: <bool>}}")
