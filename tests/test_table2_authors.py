@@ -18,6 +18,7 @@ from torch import nn
 
 from gradsift import pipeline
 from gradsift.attribution.gradients import PerSampleGradients, select_parameters
+from gradsift.data.augment import Normalize
 from gradsift.models.resnet import resnet34
 from gradsift.summarize import BEST_EPOCH_NOTE, best_epoch_table, load_runs, load_table, summarize, write_summary
 from gradsift.training import with_best_epoch
@@ -82,6 +83,22 @@ def test_shuffle_base_unshuffled_retrain_shuffled(fake):  # noqa: F811
         _dm(fake, shuffle={"base": False})
 
 
+def test_attribution_augment_gives_the_same_seeded_crop_flip_draws_every_call(fake):  # noqa: F811
+    plain = _dm(fake)
+    dm = _dm(fake, attribution_augment=True)
+    a, b = (torch.cat([x["x"] for x in dm.attribution_dataloader("train")]) for _ in range(2))
+    torch.testing.assert_close(a, b)  # deterministic: gradients and probabilities see the same images
+    raw = plain.train_set.columns["x"]
+    g, n = torch.Generator().manual_seed(dm.seed + 2), dm.eval_batch_size  # one generator over the unshuffled batches
+    hand = torch.cat([dm.augment.apply(raw[i:i + n], *dm.augment.draw(len(raw[i:i + n]), g))
+                      for i in range(0, len(raw), n)])
+    torch.testing.assert_close(a, Normalize(dm.mean, dm.std)(hand).contiguous())
+    base = torch.cat([x["x"] for x in plain.attribution_dataloader("train")])
+    assert not torch.equal(a, base)  # off (the default): un-augmented
+    torch.testing.assert_close(torch.cat([x["x"] for x in dm.attribution_dataloader("test")]),
+                               torch.cat([x["x"] for x in plain.attribution_dataloader("test")]))  # test split: never
+
+
 # ---------------------------------------------------------------------------------------------- gradients
 class _Head(nn.Module):
     """x -> tanh(Linear) -> Linear head with bias; cross-entropy per sample."""
@@ -126,6 +143,7 @@ def test_preset_is_the_authors_recipe():
     assert cfg.data.batch_size == 128 and dict(cfg.data.shuffle) == {"base": False, "retrain": True}
     assert dict(cfg.data.augment) == {"padding": 4, "pad_mode": "zeros", "crop": "per_sample", "flip": True}
     assert cfg.data.normalize == "cifar_n" and cfg.data.val_size == 0 and cfg.data.test_size is None
+    assert cfg.data.attribution_augment is True
     opt = cfg.model.optimizer
     assert (opt._target_, opt.lr, opt.momentum, opt.weight_decay, opt.nesterov) == ("torch.optim.SGD", 0.1, 0.9,
                                                                                      5e-4, False)
