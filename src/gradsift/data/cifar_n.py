@@ -465,8 +465,11 @@ class CIFARNDataModule(NoisyLabelDataModule):
                                torch.Generator().manual_seed(self.seed + 1) if self.augment else None)
 
     def attribution_dataloader(self, split: str = "train") -> DataLoader:
-        """Unshuffled loader over a split for gathering; the training split augmented with ``attribution_augment``
-        (seeded with ``seed + 2``: every call gives the same images), else as the base class (un-augmented)."""
+        """Unshuffled loader over a split for gathering, augmented only for the training split with ``attribution_augment``.
+
+        The augmentation is seeded with ``seed + 2``, so every call gives the same images; otherwise as the base
+        class (un-augmented).
+        """
         if split == "train" and self.attribution_augment:
             return self._loader(self.train_set, False, self.eval_batch_size, augment=True, augment_seed=2)
         return super().attribution_dataloader(split)
