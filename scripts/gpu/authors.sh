@@ -14,15 +14,19 @@
 # the base model again (it is keyed by its config, so the numbers are the same up to GPU nondeterminism). A retrain
 # call finding no cached base model trains it first, which leaves time for about one retrain.
 # Methods: l1, l2, iforest, tracin, self_confidence (conf/table2_authors/); Cross Entropy is the untrimmed base model,
-# filled from every run's base accuracy. A method starts only while RETRAIN_S (default 300) seconds are left before
-# LIMIT (default 540); the ones not started are listed in progress.txt ("not started").
+# filled from every run's base accuracy. A method starts only while RETRAIN_S (default 280) seconds are left before
+# LIMIT (default 540); the ones not started are listed in progress.txt ("not started"). Two retrains need about
+# 2 x (258 s training + ~20 s per-epoch test evaluation + ~15 s start-up), more than 540 s: if the first one's
+# timing (progress.txt, "exit 0 at N s") shows the second cannot finish, raise LIMIT towards the call's 600 s (e.g.
+# LIMIT=585) or pass one method per call; a retrain cut by the limit is repeated in full by the next call.
 # SPEED=1 (default) adds the H200 speed overrides, differences from the authors (fp32, eager): bf16 autocast, the
 # training step as one CUDA graph with fused SGD, the data resident on the GPU, no NaN fill of new memory (SPEED_ARGS
 # below; docs/BENCHMARKS.md, "Training throughput"). SPEED=0 runs fp32 eager, as the authors (one training per call).
 # Publish: unpack each call's $OUT/results.tgz (every result.json under RUNS so far) into
-# multirun_summaries/runs/gpu_authors/, then python experiments/summarize.py multirun_summaries/runs/gpu_authors --table
+# multirun_summaries/runs/gpu_authors/, then python experiments/summarize.py multirun_summaries/runs/gpu_authors/authors_[wa]* --table
 # oga.table2_cifar_n_resnet34 --accuracy best --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
-# final ... _final): retrain=true runs only (the base calls' runs have no test_acc).
+# final ... _final): the authors_[wa]* folders are the retrain=true runs (authors_base_* have no retrained accuracy
+# and differ in `retrain`, which would split the rows into variants).
 # Expects (git-ignored): .whl/ (hydra-core, omegaconf, antlr4, cleanlab wheels; `make wheelhouse`) and
 # .gpu/c10/{cifar10-jpeg/cifar10_jpeg.npz, cifar-n/cifar10n_labels.npz} (from ../shared/data).
 # Env: MODE (base | retrain), NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
@@ -33,7 +37,7 @@
 # data.batch_size=25' bash scripts/gpu/authors.sh    (then MODE=retrain METHODS=iforest,l2 with the same env)
 set -u
 MODE=${MODE:-base}
-T0=$(date +%s); LIMIT=${LIMIT:-540}; END=$((T0 + LIMIT)); RETRAIN_S=${RETRAIN_S:-300}
+T0=$(date +%s); LIMIT=${LIMIT:-540}; END=$((T0 + LIMIT)); RETRAIN_S=${RETRAIN_S:-280}
 OUT=${OUT:-/tmp/authors_out}; SEED=${SEED:-0}; NOISE=${NOISE:-worst}; EXTRA=${EXTRA:-}; PY=${PY:-python3}
 CACHE=${CACHE:-/root/gradsift-cache}; RUNS=${RUNS:-/root/gradsift-runs}
 ALL=l1,l2,iforest,tracin,self_confidence
