@@ -36,9 +36,9 @@ def test_best_epoch_is_the_max_of_the_curve_and_the_first_epoch_reaching_it():
 
 def _result(method: str, noise: str, seed: int, final: float, best: float, base_final: float, base_best: float,
             kind: str = "fraction") -> dict:
-    return {"status": "ok", "method": method, "dataset": "cifar10n", "seed": seed,
+    return {"status": "ok", "method": method, "dataset": "cifar10n", "seed": seed, "experiment": "table2_cifar10n_authors",
             "budget": {"kind": kind, "value": 0.05 if kind == "fraction" else None},
-            "config": {"seed": seed, "data": {"noise": noise},
+            "config": {"seed": seed, "data": {"noise": noise}, "retrain": True,
                        "model": {"backbone": {"_target_": "gradsift.models.resnet.resnet34"}}},
             "metrics": {"test_acc": final, "test_best_acc": best, "base_test_acc": base_final,
                         "base_test_best_acc": base_best}}
@@ -49,7 +49,8 @@ def test_summary_shows_final_or_best_epoch_accuracy_and_marks_best_as_selected_o
                            _result("Outlier Gradient (iForest)", "worst", 0, 0.81, 0.84, 0.79, 0.82, "detector")]):
         (tmp_path / f"r{i}").mkdir()
         (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(r))
-    table = load_table("oga.table2_cifar_n_resnet34")
+    table = load_table("oga.table2_cifar_n_resnet34_authors")
+    assert table.paper == load_table("oga.table2_cifar_n_resnet34").paper  # the same paper numbers
     best = best_epoch_table(table)
     assert best.value.paths == ("metrics.test_best_acc",)
     assert best.baseline_rows["Cross Entropy"][None].paths == ("metrics.base_test_best_acc",)
@@ -60,10 +61,10 @@ def test_summary_shows_final_or_best_epoch_accuracy_and_marks_best_as_selected_o
         assert cells["Outlier Gradient (L2)"]["c10n_worst"].mean == pytest.approx(l2)
         assert cells["Outlier Gradient (iForest)"]["c10n_worst"].mean == pytest.approx(forest)  # detector counts
         assert cells["Cross Entropy"]["c10n_worst"].mean == pytest.approx(ce)
-    _, md = write_summary([tmp_path], "oga.table2_cifar_n_resnet34", tmp_path / "out", accuracy="best")
+    _, md = write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out", accuracy="best")
     assert "SELECTED ON THE TEST SET" in md and "--accuracy best" in md
     with pytest.raises(ValueError, match="accuracy"):
-        write_summary([tmp_path], "oga.table2_cifar_n_resnet34", tmp_path / "out2", accuracy="median")
+        write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out2", accuracy="median")
 
 
 # ---------------------------------------------------------------------------------------------- shuffling
@@ -151,7 +152,7 @@ def test_preset_is_the_authors_recipe():
     assert cfg.model.scheduler_interval == "epoch" and cfg.model.backbone.pretrained is False
     assert cfg.eval_every_epoch is True and cfg.gradients.parameters == "last_layer_weight"
     assert cfg.scorer.contamination == 0.05 and cfg.trim.selection == "detector"
-    assert cfg.paper_table == "oga.table2_cifar_n_resnet34" and cfg.attribution.reference == "train"
+    assert cfg.paper_table == "oga.table2_cifar_n_resnet34_authors" and cfg.attribution.reference == "train"
     assert _compose("+table2_authors=self_confidence").scorer.labels == "predicted"
     assert _compose("+table2_authors=tracin").trim.remove == "beneficial"
 

@@ -23,10 +23,10 @@
 # training step as one CUDA graph with fused SGD, the data resident on the GPU, no NaN fill of new memory (SPEED_ARGS
 # below; docs/BENCHMARKS.md, "Training throughput"). SPEED=0 runs fp32 eager, as the authors (one training per call).
 # Publish: unpack each call's $OUT/results.tgz (every result.json under RUNS so far) into
-# multirun_summaries/runs/gpu_authors/, then python experiments/summarize.py multirun_summaries/runs/gpu_authors/authors_[wa]* --table
-# oga.table2_cifar_n_resnet34 --accuracy best --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
-# final ... _final): the authors_[wa]* folders are the retrain=true runs (authors_base_* have no retrained accuracy
-# and differ in `retrain`, which would split the rows into variants).
+# multirun_summaries/runs/gpu_authors/, then python experiments/summarize.py multirun_summaries/runs/gpu_authors
+# --table oga.table2_cifar_n_resnet34_authors --accuracy best --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
+# final ... _final). The table (conf/paper/oga.yaml) takes the retrain=true runs only: authors_base_* are
+# detection-only.
 # Expects (git-ignored): .whl/ (hydra-core, omegaconf, antlr4, cleanlab wheels; `make wheelhouse`) and
 # .gpu/c10/{cifar10-jpeg/cifar10_jpeg.npz, cifar-n/cifar10n_labels.npz} (from ../shared/data).
 # Env: MODE (base | retrain), NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
