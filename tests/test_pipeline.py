@@ -53,6 +53,9 @@ def test_eval_every_epoch_records_one_test_accuracy_per_epoch(tmp_path):
     # the last point is the final model, which trainer.test scores too
     assert m["test_curve"][-1] == pytest.approx(m["test_acc"], abs=1e-6)
     assert m["base_test_curve"][-1] == pytest.approx(m["base_test_acc"], abs=1e-6)
+    # best-epoch accuracy (the OGA authors' np.max): the max of the recorded curve, base and retrained
+    assert m["test_best_acc"] == max(m["test_curve"]) and m["base_test_best_acc"] == max(m["base_test_curve"])
+    assert m["test_curve"][m["test_best_epoch"] - 1] == m["test_best_acc"]
 
 
 def test_detector_selection_trims_the_detectors_outliers(tmp_path):

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from gradsift import pipeline
 from tests.test_config import CONF
 
-VISION = ["table2_cifar10n_fast", "table5_budget_cifar10n_fast", "table8_iforest_estimators", "table9_resnet18",
+VISION = ["table2_cifar10n_fast", "table2_cifar10n_authors", "table5_budget_cifar10n_fast", "table8_iforest_estimators", "table9_resnet18",
           "dropout_table2_resnet9"]
 
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from gradsift.data.base import MissingInputError
 from gradsift.pipeline import run as run_pipeline
 from gradsift.report import console, job_line, print_result
-from gradsift.summarize import PAPER_DIR, SummaryRegression, list_tables, write_summary
+from gradsift.summarize import ACCURACIES, PAPER_DIR, SummaryRegression, list_tables, write_summary
 
 
 class InputError(CompactHydraException):
@@ -82,9 +82,14 @@ def summarize(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing summary even if it loses finished cells")
     parser.add_argument("--pool", action="append", default=[], metavar="KEY",
                         help="config key whose differences may share a cell (repeatable), e.g. trainer.precision")
+    parser.add_argument("--accuracy", choices=ACCURACIES, default="final",
+                        help="final: the last epoch's test accuracy; best: the best epoch's (runs with "
+                             "eval_every_epoch=true), SELECTED ON THE TEST SET as the OGA authors' np.max, and "
+                             "marked so in the caption")
     args = parser.parse_args(argv)
     try:
-        _, md = write_summary(args.inputs, args.table, args.out, args.papers, force=args.force, pool=args.pool)
+        _, md = write_summary(args.inputs, args.table, args.out, args.papers, force=args.force, pool=args.pool,
+                              accuracy=args.accuracy)
     except SummaryRegression as e:
         sys.exit(f"gradsift-summarize: {e}")
     if not sys.stdout.isatty():  # a log file gets the markdown itself, uncut

@@ -15,7 +15,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from gradsift import artifacts, identification
+from gradsift import artifacts, identification, training
 from gradsift.data.base import NoisyLabelDataModule
 from gradsift.loggers import log_run
 from gradsift.record import finished_result, now, recorded, start_run, write_result
@@ -70,7 +70,8 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         log.info("%s: scored in %.2f s, flagged %d of %d (%s)", method, attribution.score_s, int(remove.sum()),
                  len(remove), "detector labels" if trim.selection == "detector" else trim.key)
         train = art.inputs.train
-        metrics = {f"base_test_{k}": v for k, v in art.model_meta["base_test"].items()}
+        # best_acc: also for a base model cached before best-epoch accuracy was recorded
+        metrics = {f"base_test_{k}": v for k, v in training.with_best_epoch(art.model_meta["base_test"]).items()}
         if getattr(datamodule, "has_noise_mask", True):
             noise = train.labels != by_row["clean_label"].to_numpy()
             metrics.update(detection_metrics(remove, attribution.scores, noise))
@@ -80,7 +81,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         if cfg.get("retrain", True):
             test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = artifacts.retrain(
                 cfg, datamodule, train.index[~remove], art.model_key)
-            metrics.update({f"test_{k}": v for k, v in test.items()})
+            metrics.update({f"test_{k}": v for k, v in training.with_best_epoch(test).items()})
             log.info("retrain on %d kept samples (%s): test %s", int((~remove).sum()),
                      "cached" if result["retrain_cache_hit"] else "trained",
                      ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))

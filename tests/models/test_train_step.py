@@ -263,3 +263,21 @@ def test_configs_reach_the_speed_options(tmp_path):
                                                "model.optimizer.fused=true", "model.cuda_graph=true", "model.compile=true"])
         module = instantiate(cfg.model)
         assert module.cuda_graph and module.hparams.compile is True and module.hparams.optimizer.keywords["fused"]
+
+
+def test_authors_multistep_per_epoch_lr_reaches_the_graph(eager_replay):
+    """model/scheduler=multistep_epochs (experiment=table2_cifar10n_authors: lr / 10 at epoch 60 of 100), here at epoch
+    1 of 2: the epoch-interval MultiStepLR changes only the lr, which the captured step reads from the device tensor
+    refilled before each replay, so the graph is kept and the result equals automatic optimization."""
+    sched = partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[1], gamma=0.1)
+    pl.seed_everything(0, verbose=False)
+    optimizer = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    auto = ImageClassifier(resnet9(num_classes=10), optimizer=optimizer, scheduler=sched, scheduler_interval="epoch")
+    _fit(auto)
+    pl.seed_everything(0, verbose=False)
+    graphed = ImageClassifier(resnet9(num_classes=10), optimizer=optimizer, scheduler=sched,
+                              scheduler_interval="epoch", cuda_graph=True)
+    trainer = _fit(graphed)
+    _assert_same_parameters(auto, graphed)
+    assert graphed.train_step_dropped is None and graphed.train_step_counts["replay"] == 4
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.1)

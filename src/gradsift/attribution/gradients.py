@@ -30,14 +30,16 @@ from torch.func import functional_call, grad, vmap
 from gradsift.attribution.compressors import Compressor, IdentityCompressor, ParamInfo
 from gradsift.attribution.gradient_set import Block, GradientSet
 
-PARAMETER_PRESETS = ("last_layer", "all", "lora")
+PARAMETER_PRESETS = ("last_layer", "last_layer_weight", "all", "lora")
 
 
 def select_parameters(module: nn.Module, spec: str | Iterable[str] = "last_layer") -> dict[str, nn.Parameter]:
     """Trainable parameters chosen by ``spec``.
 
     ``"all"``: every trainable parameter; ``"last_layer"``: the parameters of the last module (in registration
-    order) that owns trainable parameters directly (e.g. the classifier head); ``"lora"``: parameters whose
+    order) that owns trainable parameters directly (e.g. the classifier head); ``"last_layer_weight"``: that
+    module's ``weight`` only, no bias (the OGA authors' ``autograd.grad(loss, model.linear.weight)``,
+    ``cifar-10-100n/OD-experiment.py``: 512 x 10 = 5,120 numbers for the CIFAR ResNet-34); ``"lora"``: parameters whose
     name contains ``lora_``; otherwise a regex or a list of regexes matched (``re.search``) against names.
     """
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -45,12 +47,13 @@ def select_parameters(module: nn.Module, spec: str | Iterable[str] = "last_layer
         raise ValueError(f"{type(module).__name__} has no trainable parameters")
     if spec == "all":
         chosen = named
-    elif spec == "last_layer":
+    elif spec in ("last_layer", "last_layer_weight"):
         owners = [(mn, m) for mn, m in module.named_modules()
                   if any(p.requires_grad for p in m.parameters(recurse=False))]
         last_name, last = owners[-1]
         prefix = f"{last_name}." if last_name else ""
-        chosen = [(prefix + n, p) for n, p in last.named_parameters(recurse=False) if p.requires_grad]
+        chosen = [(prefix + n, p) for n, p in last.named_parameters(recurse=False) if p.requires_grad
+                  and (spec == "last_layer" or n == "weight")]
     elif spec == "lora":
         chosen = [(n, p) for n, p in named if "lora_" in n]
     else:

@@ -281,16 +281,25 @@ class CIFARNDataModule(NoisyLabelDataModule):
     :class:`gradsift.data.augment.Augment` fields (``padding``, ``pad_mode``, ``crop``, ``flip``). ``normalize``:
     ``cifar_n`` (the CIFAR-N authors' per-channel constants), ``dataset`` (the training split's own per-channel
     mean / std, computed once before any ``keep``) or ``{mean: [...], std: [...]}`` in [0, 1] units.
-    ``shuffle``: reshuffle the training split every epoch (false keeps the dataset order).
+    ``shuffle``: reshuffle the training split every epoch (false keeps the dataset order); or a mapping
+    ``{base: bool, retrain: bool}``: ``base`` for the model trained on the full training split, ``retrain`` for every
+    fit on a kept subset (:meth:`with_keep`: the retrains, and the folds of ``scorer.probs=kfold``). The OGA
+    authors' ``cifar-10-100n/OD-experiment.py`` trains the base model with ``shuffle=False`` ("True originally") and
+    retrains through a random sampler over the kept indices (``RemovalSampler``): ``{base: false, retrain: true}``.
+    ``attribution_augment``: the training split's attribution loader (per-sample gradients, the label-quality
+    scorers' probabilities) applies the training augmentation too, one seeded draw per image (the same draws on every
+    call): the OGA authors gather gradients (``temp_dl``, ``OD-experiment.py``) and probabilities
+    (``get_probs_preds(train_loader)``, ``baseline-experiment-label.py``) from ``train_dataset``, whose transform is
+    the training one. False (default): un-augmented images.
     """
 
     def __init__(self, dataset: str = "cifar10n", noise: str = "aggregate", data_dir: str = "data",
                  source: str = "auto", download: bool = True, cache_dir: str | None = None, coarse: bool = False,
                  subset: int | None = None, val_size: int = 0, test_size: int | None = None,
-                 augment: bool | Mapping = True, normalize: str | Mapping = "cifar_n", shuffle: bool = True,
+                 augment: bool | Mapping = True, normalize: str | Mapping = "cifar_n", shuffle: bool | Mapping = True,
                  device: str | None = None, num_classes: int | None = None, name: str | None = None,
                  batch_size: int = 128, eval_batch_size: int | None = 512, num_workers: int = 0, seed: int = 0,
-                 keep: Sequence[int] | None = None):
+                 keep: Sequence[int] | None = None, attribution_augment: bool = False):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
                          keep=keep)
         if dataset not in ("cifar10n", "cifar100n", "cifar10n_5k"):
@@ -312,7 +321,8 @@ class CIFARNDataModule(NoisyLabelDataModule):
         self.cache_dir = cache_dir
         self.coarse, self.subset_size, self.val_size, self.test_size = coarse, subset, val_size, test_size
         self.augment, self.device, self.name = Augment.from_config(augment), device, name or dataset
-        self.shuffle = shuffle
+        self.shuffle, self.retrain_shuffle = _shuffle_spec(shuffle)
+        self.attribution_augment = bool(attribution_augment)
         self.num_classes = 20 if coarse else (100 if family == "cifar100n" else 10)
         if num_classes is not None and num_classes != self.num_classes:
             raise ValueError(f"data.num_classes={num_classes} but {dataset} (coarse={coarse}) has {self.num_classes}")
@@ -423,13 +433,20 @@ class CIFARNDataModule(NoisyLabelDataModule):
             cols = {k: v.to(self.device) for k, v in cols.items()}
         return ImageDataset(cols, index=pos[rows])
 
+    def with_keep(self, keep: Sequence[int]) -> "CIFARNDataModule":
+        """The kept subset (see the base class), shuffled as ``shuffle.retrain`` says when ``shuffle`` is a mapping."""
+        clone = super().with_keep(keep)
+        clone.shuffle = self.retrain_shuffle
+        return clone
+
     # -- loaders ----------------------------------------------------------------------------------------------
-    def _loader(self, ds, shuffle: bool, batch_size: int, augment: bool = False) -> DataLoader | None:
+    def _loader(self, ds, shuffle: bool, batch_size: int, augment: bool = False,
+                augment_seed: int = 1) -> DataLoader | None:
         if ds is None:
             return None
         gen = torch.Generator().manual_seed(self.seed)
         collate = _Collate(Normalize(self.mean, self.std), self.augment if augment else None,
-                           torch.Generator().manual_seed(self.seed + 1) if augment and self.augment else None)
+                           torch.Generator().manual_seed(self.seed + augment_seed) if augment and self.augment else None)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate, generator=gen if shuffle else None,
                           persistent_workers=self.num_workers > 0)
@@ -446,6 +463,16 @@ class CIFARNDataModule(NoisyLabelDataModule):
         return ResidentBatches(self.train_set, self.batch_size, self.shuffle, torch.Generator().manual_seed(self.seed),
                                Normalize(self.mean, self.std), self.augment,
                                torch.Generator().manual_seed(self.seed + 1) if self.augment else None)
+
+    def attribution_dataloader(self, split: str = "train") -> DataLoader:
+        """Unshuffled loader over a split for gathering, augmented only for the training split with ``attribution_augment``.
+
+        The augmentation is seeded with ``seed + 2``, so every call gives the same images; otherwise as the base
+        class (un-augmented).
+        """
+        if split == "train" and self.attribution_augment:
+            return self._loader(self.train_set, False, self.eval_batch_size, augment=True, augment_seed=2)
+        return super().attribution_dataloader(split)
 
     def images(self, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Raw uint8 images [N,32,32,3], given labels, clean labels and indices of a split (for galleries)."""
@@ -494,3 +521,13 @@ def _torchvision_download(data_dir: Path, base: str) -> None:
     cls = torchvision.datasets.CIFAR10 if base == "cifar10" else torchvision.datasets.CIFAR100
     for train in (True, False):
         cls(root=str(data_dir), train=train, download=True)
+
+
+def _shuffle_spec(shuffle: bool | Mapping) -> tuple[bool, bool]:
+    """``data.shuffle`` as ``(base, retrain)``: a bool applies to both fits; a mapping names each."""
+    if isinstance(shuffle, bool):
+        return shuffle, shuffle
+    if isinstance(shuffle, Mapping) and set(shuffle) == {"base", "retrain"} \
+            and all(isinstance(v, bool) for v in shuffle.values()):
+        return bool(shuffle["base"]), bool(shuffle["retrain"])
+    raise ValueError(f"data.shuffle={shuffle!r}; expected true, false or {{base: <bool>, retrain: <bool>}}")

@@ -1,0 +1,176 @@
+"""The OGA authors' CIFAR-N conventions (issue #15), each against a hand computation on a tiny case, and the
+table2_cifar10n_authors preset end to end on CPU.
+
+Authors' files: anshuman23/outlier-gradient-analysis, cifar-10-100n/OD-experiment.py (best-epoch np.max, unshuffled
+base loader, model.linear.weight gradients, IsolationForest(contamination=0.05) labels), baseline-experiment-*.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from gradsift import pipeline
+from gradsift.attribution.gradients import PerSampleGradients, select_parameters
+from gradsift.data.augment import Normalize
+from gradsift.models.resnet import resnet34
+from gradsift.summarize import BEST_EPOCH_NOTE, best_epoch_table, load_runs, load_table, summarize, write_summary
+from gradsift.training import with_best_epoch
+from tests.data.test_resident import _dm, fake  # noqa: F401  (fake: the tiny CIFAR folder fixture)
+from tests.test_config import CONF
+
+
+# ---------------------------------------------------------------------------------------------- best epoch
+def test_best_epoch_is_the_max_of_the_curve_and_the_first_epoch_reaching_it():
+    got = with_best_epoch({"acc": 0.6, "curve": [0.5, 0.7, 0.7, 0.6]})
+    assert got["acc"] == 0.6 and got["best_acc"] == 0.7 and got["best_epoch"] == 2
+    assert with_best_epoch({"acc": 0.6}) == {"acc": 0.6}  # no curve: nothing to select
+    assert "best_acc" not in with_best_epoch({"loss": 1.0, "curve": [2.0, 1.0]})  # a loss curve is not accuracy
+
+
+def _result(method: str, noise: str, seed: int, final: float, best: float, base_final: float, base_best: float,
+            kind: str = "fraction") -> dict:
+    return {"status": "ok", "method": method, "dataset": "cifar10n", "seed": seed, "experiment": "table2_cifar10n_authors",
+            "budget": {"kind": kind, "value": 0.05 if kind == "fraction" else None},
+            "config": {"seed": seed, "data": {"noise": noise}, "retrain": True,
+                       "model": {"backbone": {"_target_": "gradsift.models.resnet.resnet34"}}},
+            "metrics": {"test_acc": final, "test_best_acc": best, "base_test_acc": base_final,
+                        "base_test_best_acc": base_best}}
+
+
+def test_summary_shows_final_or_best_epoch_accuracy_and_marks_best_as_selected_on_test(tmp_path):
+    for i, r in enumerate([_result("Outlier Gradient (L2)", "worst", 0, 0.80, 0.83, 0.79, 0.82),
+                           _result("Outlier Gradient (iForest)", "worst", 0, 0.81, 0.84, 0.79, 0.82, "detector")]):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(r))
+    table = load_table("oga.table2_cifar_n_resnet34_authors")
+    assert table.paper == load_table("oga.table2_cifar_n_resnet34").paper  # the same paper numbers
+    best = best_epoch_table(table)
+    assert best.value.paths == ("metrics.test_best_acc",)
+    assert best.baseline_rows["Cross Entropy"][None].paths == ("metrics.base_test_best_acc",)
+    assert BEST_EPOCH_NOTE in best.caption and "SELECTED ON THE TEST SET" in BEST_EPOCH_NOTE
+    runs = load_runs([tmp_path])
+    for t, l2, forest, ce in ((table, 80.0, 81.0, 79.0), (best, 83.0, 84.0, 82.0)):
+        cells = summarize(runs, t).cells[""]
+        assert cells["Outlier Gradient (L2)"]["c10n_worst"].mean == pytest.approx(l2)
+        assert cells["Outlier Gradient (iForest)"]["c10n_worst"].mean == pytest.approx(forest)  # detector counts
+        assert cells["Cross Entropy"]["c10n_worst"].mean == pytest.approx(ce)
+    _, md = write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out", accuracy="best")
+    assert "SELECTED ON THE TEST SET" in md and "--accuracy best" in md
+    with pytest.raises(ValueError, match="accuracy"):
+        write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out2", accuracy="median")
+
+
+# ---------------------------------------------------------------------------------------------- shuffling
+def test_shuffle_base_unshuffled_retrain_shuffled(fake):  # noqa: F811
+    dm = _dm(fake, shuffle={"base": False, "retrain": True}, device="cpu")
+    for _ in range(2):  # every epoch in dataset order (the authors' shuffle=False)
+        order = torch.cat([b["index"] for b in dm.train_dataloader()]).numpy()
+        np.testing.assert_array_equal(order, dm.train_set.index)
+    keep = np.sort(dm.train_set.index)[::2]
+    kept = dm.with_keep(keep)
+    loader = kept.train_dataloader()  # one loader per fit: its epochs draw fresh permutations
+    orders = [torch.cat([b["index"] for b in loader]).numpy() for _ in range(2)]
+    assert sorted(orders[0]) == sorted(keep) and not np.array_equal(orders[0], np.sort(keep))
+    assert not np.array_equal(orders[0], orders[1])  # a fresh permutation each epoch, as a RandomSampler
+    assert _dm(fake, shuffle=False).with_keep(keep).shuffle is False  # a bool still applies to both fits
+    with pytest.raises(ValueError, match="data.shuffle"):
+        _dm(fake, shuffle={"base": False})
+
+
+def test_attribution_augment_gives_the_same_seeded_crop_flip_draws_every_call(fake):  # noqa: F811
+    plain = _dm(fake)
+    dm = _dm(fake, attribution_augment=True)
+    a, b = (torch.cat([x["x"] for x in dm.attribution_dataloader("train")]) for _ in range(2))
+    torch.testing.assert_close(a, b)  # deterministic: gradients and probabilities see the same images
+    raw = plain.train_set.columns["x"]
+    g, n = torch.Generator().manual_seed(dm.seed + 2), dm.eval_batch_size  # one generator over the unshuffled batches
+    hand = torch.cat([dm.augment.apply(raw[i:i + n], *dm.augment.draw(len(raw[i:i + n]), g))
+                      for i in range(0, len(raw), n)])
+    torch.testing.assert_close(a, Normalize(dm.mean, dm.std)(hand).contiguous())
+    base = torch.cat([x["x"] for x in plain.attribution_dataloader("train")])
+    assert not torch.equal(a, base)  # off (the default): un-augmented
+    torch.testing.assert_close(torch.cat([x["x"] for x in dm.attribution_dataloader("test")]),
+                               torch.cat([x["x"] for x in plain.attribution_dataloader("test")]))  # test split: never
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+class _Head(nn.Module):
+    """x -> tanh(Linear) -> Linear head with bias; cross-entropy per sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(3, 4)
+        self.linear = nn.Linear(4, 3)
+
+    def per_sample_loss(self, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(self.linear(torch.tanh(self.body(batch["x"]))), batch["label"], reduction="none")
+
+
+def test_last_layer_weight_is_the_hand_computed_per_sample_weight_gradient():
+    torch.manual_seed(0)
+    model = _Head().eval()
+    x, y = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    got = PerSampleGradients("last_layer_weight", progress=False).gather(model, [{"x": x, "label": y,
+                                                                                 "index": torch.arange(5)}])
+    assert got.grads.shape == (5, 4 * 3)  # the weight only: no 3 bias numbers
+    with torch.no_grad():  # dCE/dW = (softmax(z) - onehot(y)) outer h, row-major [out, in] as W.flatten()
+        h = torch.tanh(model.body(x))
+        p = torch.softmax(model.linear(h), -1)
+        hand = torch.einsum("bo,bi->boi", p - F.one_hot(y, 3).float(), h).reshape(5, -1)
+    np.testing.assert_allclose(got.grads, hand.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_last_layer_weight_of_resnet34_is_the_authors_5120_numbers():
+    params = select_parameters(resnet34(num_classes=10), "last_layer_weight")
+    assert list(params) == ["fc.weight"] and sum(p.numel() for p in params.values()) == 5120
+
+
+# ---------------------------------------------------------------------------------------------- the preset
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=["experiment=table2_cifar10n_authors", *overrides])
+
+
+def test_preset_is_the_authors_recipe():
+    cfg = _compose("+table2_authors=iforest")
+    assert cfg.trainer.max_epochs == 100 and cfg.trainer.precision == "32-true"
+    assert cfg.data.batch_size == 128 and dict(cfg.data.shuffle) == {"base": False, "retrain": True}
+    assert dict(cfg.data.augment) == {"padding": 4, "pad_mode": "zeros", "crop": "per_sample", "flip": True}
+    assert cfg.data.normalize == "cifar_n" and cfg.data.val_size == 0 and cfg.data.test_size is None
+    assert cfg.data.attribution_augment is True
+    opt = cfg.model.optimizer
+    assert (opt._target_, opt.lr, opt.momentum, opt.weight_decay, opt.nesterov) == ("torch.optim.SGD", 0.1, 0.9,
+                                                                                     5e-4, False)
+    assert list(cfg.model.scheduler.milestones) == [60] and cfg.model.scheduler.gamma == 0.1
+    assert cfg.model.scheduler_interval == "epoch" and cfg.model.backbone.pretrained is False
+    assert cfg.eval_every_epoch is True and cfg.gradients.parameters == "last_layer_weight"
+    assert cfg.scorer.contamination == 0.05 and cfg.trim.selection == "detector"
+    assert cfg.paper_table == "oga.table2_cifar_n_resnet34_authors" and cfg.attribution.reference == "train"
+    assert _compose("+table2_authors=self_confidence").scorer.labels == "predicted"
+    assert _compose("+table2_authors=tracin").trim.remove == "beneficial"
+
+
+def test_preset_runs_end_to_end_on_cpu_with_best_epoch_accuracy(tmp_path, shared_data):
+    """2 epochs with the lr step after the first (the authors' [60] of 100, scaled), 20 images: base + iForest retrain."""
+    method = "iforest"
+    tiny = ["data=cifar10n_5k", "data.subset=20", "data.test_size=10", "data.batch_size=10", "data.eval_batch_size=20",
+            "trainer.max_epochs=2", "trainer.accelerator=cpu", "model.scheduler.milestones=[1]", "torch_threads=1",
+            "trainer.enable_progress_bar=false", "gallery=0", f"paths.data_dir={shared_data}",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"+table2_authors={method}"]
+    cfg = _compose(*tiny)
+    assert dict(cfg.data.shuffle) == {"base": False, "retrain": True}  # kept by the data= swap
+    res = pipeline.run(cfg, tmp_path / "run", choices={"scorer": method})
+    assert res["status"] == "ok"
+    m = res["metrics"]
+    for prefix in ("base_test_", "test_"):
+        assert len(m[f"{prefix}curve"]) == 2
+        assert m[f"{prefix}best_acc"] == max(m[f"{prefix}curve"])
+        assert m[f"{prefix}acc"] == pytest.approx(m[f"{prefix}curve"][-1])  # the final epoch
+    assert res["selection"] == "detector" and 0 < m["n_trimmed"] < 20
