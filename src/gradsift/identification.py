@@ -128,8 +128,15 @@ SCORINGS = ("ours", "authors")
 
 
 def identification_settings(ident, calibration: str = "none") -> dict:
-    """The ``identification`` switches with their defaults, checked, plus ``tag``: the method-name suffix that
-    names the non-default ones (empty for ours). ``calibration`` is the scorer's ``scorer.calibration``."""
+    """The ``identification`` switches with their defaults, checked.
+
+    Args:
+        ident: the ``identification`` config (or a dict).
+        calibration: the scorer's ``scorer.calibration``.
+
+    Returns:
+        The switches, plus ``tag``: the method-name suffix that names the non-default ones (empty for ours).
+    """
     get = ident.get
     out = {"scoring": get("scoring") or "ours", "auc_on": get("auc_on"), "recall_on": get("recall_on"),
            "features": get("features") or "all", "projection": get("projection") or "none",
@@ -152,8 +159,9 @@ def identification_settings(ident, calibration: str = "none") -> dict:
 
 def metric_convention(scoring: str, class_constant: bool, auc_on: str | None = None,
                       recall_on: str | None = None) -> tuple[str, str]:
-    """``(auc_on, recall_on)``: what the class-detection AUC and recall rank (see
-    :func:`~gradsift.scoring.class_detection.ranked_value`); an explicit ``auc_on`` / ``recall_on`` wins.
+    """``(auc_on, recall_on)``: what the class-detection AUC and recall rank.
+
+    See :func:`~gradsift.scoring.class_detection.ranked_value`; an explicit ``auc_on`` / ``recall_on`` wins.
 
     * ``ours``: ``|score|`` for an influence matrix (Tracing, DataInf: the sign says helpful or harmful, the
       magnitude how much); for the per-class forests (``class_constant``: every training prompt of class c holds
@@ -180,9 +188,18 @@ _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.")
 
 
 def last_layer(gs: GradientSet) -> GradientSet:
-    """The gradient blocks of the highest-numbered layer (a ``layers.N.`` / ``h.N.`` / ``layer.N.`` / ``blocks.N.``
-    in the block name), in their order; the authors' Outlier Gradient features (``nlp/LLM_INFL_ID_2.py`` lines
-    21-32 keep ``layers.39.self_attn.{q,v}_proj.lora_{A,B}`` of the 40-layer Llama-2-13B)."""
+    """The gradient blocks of the highest-numbered layer, in their order.
+
+    The layer is the ``N`` of ``layers.N.`` / ``h.N.`` / ``layer.N.`` / ``blocks.N.`` in the block name; these are
+    the authors' Outlier Gradient features (``nlp/LLM_INFL_ID_2.py`` lines 21-32 keep
+    ``layers.39.self_attn.{q,v}_proj.lora_{A,B}`` of the 40-layer Llama-2-13B).
+
+    Args:
+        gs: per-sample gradients with per-parameter blocks.
+
+    Returns:
+        The same rows with the last layer's columns and blocks.
+    """
     layers = [int(m.group(1)) if (m := _LAYER.search(b.name)) else None for b in gs.blocks]
     if all(n is None for n in layers):
         raise ValueError("identification.features=last_layer needs per-layer gradient blocks (names with "
@@ -199,11 +216,21 @@ def last_layer(gs: GradientSet) -> GradientSet:
 
 def project(train: GradientSet, test: GradientSet, n_components: int | str = "auto",
             seed: int = 0) -> tuple[GradientSet, GradientSet]:
-    """Sparse random projection of the training and test gradients, fitted on both stacked (the authors'
-    ``SparseRandomProjection(n_components='auto').fit_transform(np.vstack((tr_grads, val_grads)))``,
-    ``nlp/LLM_INFL_ID_2.py`` lines 40-45; ``auto`` = sklearn's Johnson-Lindenstrauss dimension at eps 0.1 for
-    ``n_train + n_test`` rows, 5,920 for the 1,000 DataInf prompts). ``seed`` fixes the projection (theirs is
-    unseeded). Returns the projected sets with one block ``srp``."""
+    """Sparse random projection of the training and test gradients, fitted on both stacked.
+
+    The authors' ``SparseRandomProjection(n_components='auto').fit_transform(np.vstack((tr_grads, val_grads)))``
+    (``nlp/LLM_INFL_ID_2.py`` lines 40-45).
+
+    Args:
+        train: the training gradients.
+        test: the test gradients.
+        n_components: ``auto`` = sklearn's Johnson-Lindenstrauss dimension at eps 0.1 for ``n_train + n_test``
+            rows (5,920 for the 1,000 DataInf prompts), or an int.
+        seed: the projection's seed (the authors' is unseeded).
+
+    Returns:
+        The projected training and test sets, each with one block ``srp``.
+    """
     from sklearn.random_projection import SparseRandomProjection
 
     x = np.vstack([np.asarray(train.grads, dtype=np.float64), np.asarray(test.grads, dtype=np.float64)])

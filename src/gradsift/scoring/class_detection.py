@@ -37,8 +37,16 @@ RANKED_VALUES = ("abs", "signed", "negated")
 
 
 def ranked_value(scores: np.ndarray, on: str, key: str = "identification.auc_on") -> np.ndarray:
-    """The value a class-detection metric ranks: ``|score|`` (``abs``), ``score`` (``signed``) or ``-score``
-    (``negated``); ``key`` names the config key in the error for any other ``on``."""
+    """The value a class-detection metric ranks.
+
+    Args:
+        scores: the score matrix.
+        on: ``abs`` (``|score|``), ``signed`` (``score``) or ``negated`` (``-score``).
+        key: the config key that the error for any other ``on`` names.
+
+    Returns:
+        The ranked values, float64.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     if on == "abs":
         return np.abs(scores)

@@ -209,8 +209,10 @@ class PerClassIsolationForest:
         return self
 
     def class_scores(self, test: GradientSet) -> np.ndarray:
-        """[n_test, n_classes] inlier-ness of each test gradient under each class's forest: ``1 - s(x)``, then
-        the ``calibration`` (see the class docstring)."""
+        """[n_test, n_classes] inlier-ness of each test gradient under each class's forest.
+
+        ``1 - s(x)``, then the ``calibration`` (see the class docstring).
+        """
         if self.classes is None:
             raise RuntimeError("PerClassIsolationForest.class_scores() called before fit()")
         x = np.asarray(test.grads, dtype=np.float32)
