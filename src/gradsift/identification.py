@@ -22,12 +22,12 @@ anshuman23/outlier-gradient-analysis):
 
 * ``features: all | last_layer``: score on every gradient block (ours; also the authors' Tracing / DataInf,
   ``LLM_INFL_ID_1.py`` -> ``src/lora_model.py`` ``compute_gradient`` keeps every ``lora_A`` / ``lora_B``) or only
-  the blocks of the highest-numbered layer (the authors' Outlier Gradient, ``LLM_INFL_ID_2.py`` lines 21-32:
+  the blocks of the highest-numbered layer (the authors' Outlier Gradient, ``LLM_INFL_ID_2.py`` lines 20-33:
   ``layers.39`` q_proj / v_proj ``lora_A`` and ``lora_B`` of Llama-2-13B), see :func:`last_layer`.
 * ``projection: none | srp`` with ``projection_components`` (``auto`` = sklearn's Johnson-Lindenstrauss bound at
   eps 0.1 for n_train + n_test rows, or an int) and ``projection_seed`` (null = the run seed; the authors leave it
   unseeded): a SparseRandomProjection fitted on the training and test rows stacked, as ``LLM_INFL_ID_2.py`` lines
-  40-45 do (:func:`project`).
+  42-46 do (:func:`project`).
 * ``scoring: ours | authors`` picks the value each metric ranks (:func:`metric_convention`), unless ``auc_on`` /
   ``recall_on`` (``abs | signed | negated``) are set.
 
@@ -167,10 +167,10 @@ def metric_convention(scoring: str, class_constant: bool, auc_on: str | None = N
       magnitude how much); for the per-class forests (``class_constant``: every training prompt of class c holds
       class c's forest score) the score as it is, which is positive and so ``|score|`` without calibration, and
       keeps a z-score's sign with ``scorer.calibration=zscore``.
-    * ``authors``: per-class forests ``signed`` / ``signed`` (``nlp/LLM_INFL_ID_2.py`` lines 66-69 and 73-77:
+    * ``authors``: per-class forests ``signed`` / ``signed`` (``nlp/LLM_INFL_ID_2.py`` lines 73 and 81:
       ``roc_auc_score(gt_array, preds[i, :])`` and ``np.argsort(preds[i])[::-1]`` on ``score_samples``);
-      Tracing / DataInf ``signed`` AUC and ``abs`` recall (``nlp/LLM_INFL_ID_1.py`` lines 84-85:
-      ``roc_auc_score(gt_array, identity_df.iloc[i, :])``, and lines 93 and 97: ``np.argsort(np.abs(...))``).
+      Tracing / DataInf ``signed`` AUC and ``abs`` recall (``nlp/LLM_INFL_ID_1.py`` lines 86-87:
+      ``roc_auc_score(gt_array, identity_df.iloc[i, :])``, and lines 96 and 100: ``np.argsort(np.abs(...))``).
       Their influence engine ships only as a ``.pyc``; DataInf's public ``IFEngineGeneration.compute_IF`` returns
       ``-g_test . H^-1 g_train`` (our sign, helpful = negative), and DataInf's notebooks take ``-IF`` for the AUC,
       which ``auc_on=negated`` gives.
@@ -191,7 +191,7 @@ def last_layer(gs: GradientSet) -> GradientSet:
     """The gradient blocks of the highest-numbered layer, in their order.
 
     The layer is the ``N`` of ``layers.N.`` / ``h.N.`` / ``layer.N.`` / ``blocks.N.`` in the block name; these are
-    the authors' Outlier Gradient features (``nlp/LLM_INFL_ID_2.py`` lines 21-32 keep
+    the authors' Outlier Gradient features (``nlp/LLM_INFL_ID_2.py`` lines 20-33 keep
     ``layers.39.self_attn.{q,v}_proj.lora_{A,B}`` of the 40-layer Llama-2-13B).
 
     Args:
@@ -219,7 +219,7 @@ def project(train: GradientSet, test: GradientSet, n_components: int | str = "au
     """Sparse random projection of the training and test gradients, fitted on both stacked.
 
     The authors' ``SparseRandomProjection(n_components='auto').fit_transform(np.vstack((tr_grads, val_grads)))``
-    (``nlp/LLM_INFL_ID_2.py`` lines 40-45).
+    (``nlp/LLM_INFL_ID_2.py`` lines 42-46).
 
     Args:
         train: the training gradients.

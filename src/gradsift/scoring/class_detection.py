@@ -18,8 +18,8 @@ positive, and larger when the prompt looks like class c's training gradients.
 
 Which value is ranked is a switch (``on`` below, ``identification.auc_on`` / ``recall_on`` in the config): ``abs``
 ranks ``|score|`` (ours, and DataInf's ``cov_cnt`` recall); ``signed`` ranks the score as it is (the OGA authors'
-``nlp/LLM_INFL_ID_2.py``, lines 66-79, for the per-class forests' ``score_samples``, and ``nlp/LLM_INFL_ID_1.py``,
-lines 84-85, for the AUC of Tracing / DataInf); ``negated`` ranks ``-score`` (DataInf's own notebooks, which flip the
+``nlp/LLM_INFL_ID_2.py``, lines 67-85, for the per-class forests' ``score_samples``, and ``nlp/LLM_INFL_ID_1.py``,
+lines 86-87, for the AUC of Tracing / DataInf); ``negated`` ranks ``-score`` (DataInf's own notebooks, which flip the
 sign of the influence before the AUC so that a helpful, negative influence ranks high).
 """
 

@@ -173,7 +173,7 @@ class PerClassIsolationForest:
     Each forest's raw inlier-ness ``1 + score_samples(x)`` has its own scale: a class whose gradients are spread
     out gives every point a short path, so its forest calls most test prompts inliers. ``calibration`` puts the
     forests on one scale before they are compared (the OGA authors compare the raw ``score_samples``,
-    ``nlp/LLM_INFL_ID_2.py`` lines 50-61, i.e. ``none``):
+    ``nlp/LLM_INFL_ID_2.py`` lines 48-62, i.e. ``none``):
 
     * ``none``: the raw inlier-ness.
     * ``zscore``: ``(raw - m_c) / s_c``, with ``m_c``, ``s_c`` the mean and (population) std of forest c's raw
