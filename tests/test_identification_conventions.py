@@ -31,7 +31,7 @@ def test_auc_and_recall_rank_the_chosen_value():
     np.testing.assert_allclose(signed["auc_per_test"], [0.0, 5 / 8])
     # signed recall@2: row 0 top-2 = {4, 1} -> classes 2, 1 -> 0; row 1 top-2 = {2, .3} -> classes 1, 0 -> 1/2
     np.testing.assert_allclose(signed["recall_per_test"], [0.0, 0.5])
-    # negated = DataInf's notebooks (-IF): row 0 -> 1, row 1 -> 1 - 5/8 = 3/8 (no ties)
+    # negated (-IF, helpful = negative first): row 0 -> 1, row 1 -> 1 - 5/8 = 3/8 (no ties)
     negated = class_detection_metrics(S, TRAIN, TEST, top_k=2, auc_on="negated")
     np.testing.assert_allclose(negated["auc_per_test"], [1.0, 3 / 8])
     with pytest.raises(ValueError, match="identification.recall_on"):

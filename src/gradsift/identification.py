@@ -172,8 +172,9 @@ def metric_convention(scoring: str, class_constant: bool, auc_on: str | None = N
       Tracing / DataInf ``signed`` AUC and ``abs`` recall (``nlp/LLM_INFL_ID_1.py`` lines 86-87:
       ``roc_auc_score(gt_array, identity_df.iloc[i, :])``, and lines 96 and 100: ``np.argsort(np.abs(...))``).
       Their influence engine ships only as a ``.pyc``; DataInf's public ``IFEngineGeneration.compute_IF`` returns
-      ``-g_test . H^-1 g_train`` (our sign, helpful = negative), and DataInf's notebooks take ``-IF`` for the AUC,
-      which ``auc_on=negated`` gives.
+      ``-g_test . H^-1 g_train`` (our sign, helpful = negative: DataInf's notebooks pick the most influential
+      prompt by ``argmin``), and a copy of DataInf's AUC cell in the code index (repository not confirmed) takes
+      ``-IF`` for the AUC, which ``auc_on=negated`` gives.
     """
     if scoring not in SCORINGS:
         raise ValueError(f"identification.scoring must be one of {SCORINGS}, got {scoring!r}")

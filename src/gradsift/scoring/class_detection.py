@@ -19,8 +19,8 @@ positive, and larger when the prompt looks like class c's training gradients.
 Which value is ranked is a switch (``on`` below, ``identification.auc_on`` / ``recall_on`` in the config): ``abs``
 ranks ``|score|`` (ours, and DataInf's ``cov_cnt`` recall); ``signed`` ranks the score as it is (the OGA authors'
 ``nlp/LLM_INFL_ID_2.py``, lines 67-85, for the per-class forests' ``score_samples``, and ``nlp/LLM_INFL_ID_1.py``,
-lines 86-87, for the AUC of Tracing / DataInf); ``negated`` ranks ``-score`` (DataInf's own notebooks, which flip the
-sign of the influence before the AUC so that a helpful, negative influence ranks high).
+lines 86-87, for the AUC of Tracing / DataInf); ``negated`` ranks ``-score`` (a helpful, negative influence
+first: DataInf's notebooks take the ``argmin`` of the influence as the most helpful prompt).
 """
 
 from __future__ import annotations
