@@ -4,6 +4,7 @@ removal-retrain (tiny GPT-2 fully fine-tuned on a few real WikiText-2 chunks). T
 on a GPU; see docs/results/llm.md."""
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 from gradsift import pipeline
@@ -103,3 +104,40 @@ def test_owt_presets_run_end_to_end_on_tiny_models(experiment, rows, tmp_path):
 
     chosen = select_parameters(instantiate(cfg.model), cfg.gradients.parameters)
     assert len(chosen) == 2 * per_layer and all(".layers." in n and n.endswith(".weight") for n in chosen), chosen
+
+
+def test_table3_paper_recipe_composes_with_b23():
+    cfg = _cfg("table3_datainf_paper_recipe", [])
+    # OGA B.2.3: LoRA r=8 on query and value, lr 3e-4, batch 32, 25 epochs
+    assert cfg.model.model == "smollm2_135m" and cfg.model.lora_rank == 8
+    assert list(cfg.model.target_modules) == ["q_proj", "v_proj"] and cfg.model.optimizer.lr == 3e-4
+    assert cfg.data.batch_size == 32 and cfg.trainer.max_epochs == 25 and cfg.eval_every_epoch
+    assert cfg.flow == "identification" and cfg.attribution.reference == "test"
+    assert cfg.identification.scoring == "ours" and cfg.identification.features == "all"
+    assert cfg.scorer.calibration == "none"
+    sweep = yaml.safe_load((CONF / "experiment" / "table3_datainf_paper_recipe.yaml").read_text())["hydra"]["sweeper"]
+    sweep = sweep["params"]
+    assert sweep["seed"] == "0,1,2" and sweep["scorer"] == "iforest,tracin,datainf"
+    assert sweep["data"].count("datainf_") == 3
+
+
+def test_table3_paper_recipe_runs_both_conventions_on_tiny_data(tmp_path):
+    tiny = ["model=tiny_gpt2", "data.generate=true", "data.num_classes=3", "data.train_per_class=4",
+            "data.test_per_class=2", "data.max_length=96", "trainer=default", "trainer.max_epochs=2", "torch_threads=1",
+            "identification.heatmap=false", f"paths.cache_dir={tmp_path / 'cache'}"]
+    ours = pipeline.run(_cfg("table3_datainf_paper_recipe", tiny), tmp_path / "ours", choices={"scorer": "iforest"})
+    authors = pipeline.run(_cfg("table3_datainf_paper_recipe", [
+        *tiny, "identification.features=last_layer", "identification.projection=srp",
+        "identification.projection_components=8", "identification.scoring=authors", "+scorer.seed=42",
+        "scorer.calibration=zscore"]), tmp_path / "authors", choices={"scorer": "iforest"})
+    assert ours["status"] == "ok" and authors["status"] == "ok", (ours.get("error"), authors.get("error"))
+    assert ours["method"] == "Outlier Gradient"
+    assert authors["method"] == "Outlier Gradient (last layer, SRP, zscore-calibrated, authors' metrics)"
+    # one fine-tune for both conventions; the response perplexity it reaches and its per-epoch test loss
+    assert authors["cache_hit"] and authors["base_key"] == ours["base_key"]
+    m, a = ours["metrics"], authors["metrics"]
+    assert m["base_test_perplexity"] > 1 and len(m["base_test_curve"]) == 2
+    assert a["grad_dim"] == 8 and a["grad_dim_full"] == m["grad_dim"] and 0 <= a["detection_auc"] <= 1
+    assert authors["identification"] == {
+        "scoring": "authors", "auc_on": "signed", "recall_on": "signed", "features": "last_layer",
+        "projection": "srp", "projection_components": 8, "projection_seed": None, "calibration": "zscore"}

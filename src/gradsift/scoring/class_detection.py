@@ -15,6 +15,12 @@ Gradient (:class:`~gradsift.scoring.outliers.PerClassIsolationForest`) fits one 
 class's training gradients and gives every training sample of class c the test prompt's inlier-ness under class
 c's forest, ``1 - s(x)`` where ``s(x) = -score_samples(x)`` in (0, 1] is the anomaly score of Liu et al. (2008):
 positive, and larger when the prompt looks like class c's training gradients.
+
+Which value is ranked is a switch (``on`` below, ``identification.auc_on`` / ``recall_on`` in the config): ``abs``
+ranks ``|score|`` (ours, and DataInf's ``cov_cnt`` recall); ``signed`` ranks the score as it is (the OGA authors'
+``nlp/LLM_INFL_ID_2.py``, lines 67-85, for the per-class forests' ``score_samples``, and ``nlp/LLM_INFL_ID_1.py``,
+lines 86-87, for the AUC of Tracing / DataInf); ``negated`` ranks ``-score`` (a helpful, negative influence
+first: DataInf's notebooks take the ``argmin`` of the influence as the most helpful prompt).
 """
 
 from __future__ import annotations
@@ -27,14 +33,42 @@ from gradsift.scoring.influence import DataInfScorer, GradientTracingScorer
 from gradsift.scoring.outliers import IsolationForestScorer
 
 
+RANKED_VALUES = ("abs", "signed", "negated")
+
+
+def ranked_value(scores: np.ndarray, on: str, key: str = "identification.auc_on") -> np.ndarray:
+    """The value a class-detection metric ranks.
+
+    Args:
+        scores: the score matrix.
+        on: ``abs`` (``|score|``), ``signed`` (``score``) or ``negated`` (``-score``).
+        key: the config key that the error for any other ``on`` names.
+
+    Returns:
+        The ranked values, float64.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if on == "abs":
+        return np.abs(scores)
+    if on == "signed":
+        return scores
+    if on == "negated":
+        return -scores
+    raise ValueError(f"{key} must be one of {RANKED_VALUES}, got {on!r}")
+
+
 def class_detection_metrics(scores: np.ndarray, train_classes: np.ndarray, test_classes: np.ndarray,
-                            top_k: int | None = None) -> dict[str, float | np.ndarray]:
+                            top_k: int | None = None, auc_on: str = "abs",
+                            recall_on: str = "abs") -> dict[str, float | np.ndarray]:
     """Class-detection AUC, recall@top_k and top-1 accuracy of a [n_test, n_train] score matrix (OGA Sec. 7).
 
-    ``top_k=None`` uses ``n_train // n_classes`` (90 for the DataInf benchmarks). Returns the means
-    (``auc``, ``recall``, ``top1``) and the per-test-prompt arrays (``auc_per_test``, ``recall_per_test``).
+    ``top_k=None`` uses ``n_train // n_classes`` (90 for the DataInf benchmarks). ``auc_on`` / ``recall_on``
+    choose the ranked value (:func:`ranked_value`; top-1 follows ``recall_on``). Returns the means (``auc``,
+    ``recall``, ``top1``) and the per-test-prompt arrays (``auc_per_test``, ``recall_per_test``).
     """
-    scores = np.abs(np.asarray(scores, dtype=np.float64))
+    raw = np.asarray(scores, dtype=np.float64)
+    scores = ranked_value(raw, auc_on, "identification.auc_on")
+    ranked = ranked_value(raw, recall_on, "identification.recall_on")
     train_classes, test_classes = np.asarray(train_classes), np.asarray(test_classes)
     if scores.shape != (len(test_classes), len(train_classes)):
         raise ValueError(f"score matrix has shape {scores.shape}, expected [n_test={len(test_classes)}, "
@@ -43,12 +77,12 @@ def class_detection_metrics(scores: np.ndarray, train_classes: np.ndarray, test_
     if not 1 <= k <= len(train_classes):
         raise ValueError(f"top_k={k} must be in [1, n_train={len(train_classes)}]")
     auc, recall, top1 = [], [], []
-    for row, c in zip(scores, test_classes):
+    for row, rrow, c in zip(scores, ranked, test_classes):
         same = train_classes == c
         if same.all() or not same.any():
             raise ValueError(f"test class {c!r} must have some, but not all, training samples for an AUC")
         auc.append(roc_auc_score(same, row))
-        order = np.argsort(-row, kind="stable")
+        order = np.argsort(-rrow, kind="stable")
         recall.append(same[order[:k]].mean())
         top1.append(float(same[order[0]]))
     auc_arr, recall_arr = np.array(auc), np.array(recall)

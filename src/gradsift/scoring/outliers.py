@@ -21,10 +21,13 @@ class IsolationForestScorer(Scorer):
     display_name = "Outlier Gradient (iForest)"
 
     def __init__(self, n_estimators: int = 100, contamination: float | str = 0.1, max_samples: int | str = "auto",
-                 max_features: float = 1.0, n_jobs: int | None = None, seed: int | None = None):
+                 max_features: float = 1.0, n_jobs: int | None = None, seed: int | None = None,
+                 calibration: str = "none"):
         self.kwargs = dict(n_estimators=n_estimators, contamination=contamination, max_samples=max_samples,
                            max_features=max_features, n_jobs=n_jobs)
         self.seed = seed
+        # only the per-class form (pairwise) reads it: see PerClassIsolationForest
+        self.calibration = check_calibration(calibration)
         self.model: IsolationForest | None = None
 
     def fit(self, inputs: ScoringInputs) -> "IsolationForestScorer":
@@ -64,7 +67,8 @@ class IsolationForestScorer(Scorer):
             ``[n_reference, n_train]`` scores.
         """
         kwargs = {k: v for k, v in self.kwargs.items() if k != "contamination"}
-        forest = PerClassIsolationForest(seed=seed if self.seed is None else self.seed, **kwargs).fit(train)
+        forest = PerClassIsolationForest(seed=seed if self.seed is None else self.seed, calibration=self.calibration,
+                                         **kwargs).fit(train)
         self.pairwise_class_scores = forest.class_scores(reference)
         return forest.train_scores(reference, train)
 
@@ -153,18 +157,45 @@ def expand_class_scores(class_scores: np.ndarray, train_classes: np.ndarray, cla
     return np.asarray(class_scores)[:, col]
 
 
+CALIBRATIONS = ("none", "zscore", "rank")
+
+
+def check_calibration(calibration: str) -> str:
+    """``calibration`` if it is one of :data:`CALIBRATIONS`, else a ValueError naming ``scorer.calibration``."""
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"scorer.calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+    return calibration
+
+
 class PerClassIsolationForest:
-    """One sklearn IsolationForest per class, fitted on that class's training gradients (OGA Section 7)."""
+    """One sklearn IsolationForest per class, fitted on that class's training gradients (OGA Section 7).
+
+    Each forest's raw inlier-ness ``1 + score_samples(x)`` has its own scale: a class whose gradients are spread
+    out gives every point a short path, so its forest calls most test prompts inliers. ``calibration`` puts the
+    forests on one scale before they are compared (the OGA authors compare the raw ``score_samples``,
+    ``nlp/LLM_INFL_ID_2.py`` lines 48-62, i.e. ``none``):
+
+    * ``none``: the raw inlier-ness.
+    * ``zscore``: ``(raw - m_c) / s_c``, with ``m_c``, ``s_c`` the mean and (population) std of forest c's raw
+      scores on its own class's training gradients (``s_c = 0`` counts as 1).
+    * ``rank``: the fraction of class c's training gradients whose raw score is at most the test prompt's
+      (forest c's own empirical CDF; 0 when the prompt is more outlying than all of class c's training prompts).
+
+    The training scores are in-sample (each tree saw those points), so both calibrations measure "how typical
+    for class c, relative to class c's own members", not a held-out probability.
+    """
 
     display_name = "Outlier Gradient"
 
     def __init__(self, n_estimators: int = 100, max_samples: int | str = "auto", max_features: float = 1.0,
-                 n_jobs: int | None = None, seed: int = 0):
+                 n_jobs: int | None = None, seed: int = 0, calibration: str = "none"):
         self.kwargs = dict(n_estimators=n_estimators, max_samples=max_samples, max_features=max_features,
                            n_jobs=n_jobs)
         self.seed = seed
+        self.calibration = check_calibration(calibration)
         self.classes: np.ndarray | None = None
         self.forests: list[IsolationForest] = []
+        self.train_raw: list[np.ndarray] = []
 
     def fit(self, train: GradientSet) -> "PerClassIsolationForest":
         """One forest per class of ``train.labels``."""
@@ -173,14 +204,28 @@ class PerClassIsolationForest:
         x = np.asarray(train.grads, dtype=np.float32)
         self.forests = [IsolationForest(random_state=self.seed, **self.kwargs).fit(x[train.labels == c])
                         for c in self.classes]
+        # each forest's raw scores on its own class's training gradients: the calibration reference
+        self.train_raw = [1.0 + f.score_samples(x[train.labels == c]) for f, c in zip(self.forests, self.classes)]
         return self
 
     def class_scores(self, test: GradientSet) -> np.ndarray:
-        """[n_test, n_classes] inlier-ness ``1 - s(x)`` of each test gradient under each class's forest."""
+        """[n_test, n_classes] inlier-ness of each test gradient under each class's forest.
+
+        ``1 - s(x)``, then the ``calibration`` (see the class docstring).
+        """
         if self.classes is None:
             raise RuntimeError("PerClassIsolationForest.class_scores() called before fit()")
         x = np.asarray(test.grads, dtype=np.float32)
-        return np.stack([1.0 + f.score_samples(x) for f in self.forests], axis=1)
+        cols = []
+        for forest, ref in zip(self.forests, self.train_raw):
+            raw = 1.0 + forest.score_samples(x)
+            if self.calibration == "zscore":
+                std = float(ref.std())
+                raw = (raw - ref.mean()) / (std if std > 0 else 1.0)
+            elif self.calibration == "rank":
+                raw = np.searchsorted(np.sort(ref), raw, side="right") / len(ref)
+            cols.append(raw)
+        return np.stack(cols, axis=1)
 
     def train_scores(self, test: GradientSet, train: GradientSet) -> np.ndarray:
         """[n_test, n_train] scores for :func:`class_detection_metrics` (see the module docstring)."""
