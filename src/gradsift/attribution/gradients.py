@@ -418,8 +418,8 @@ class _Rows:
     Gradients go into one preallocated array when the number of rows is known, so the whole matrix is not
     concatenated (copied once more) at the end. When the dimension is known too and the array is large, a
     background thread touches its pages ahead of the rows (:class:`_Prefault`): the kernel maps and zeroes each
-    page while the GPU computes, instead of in the main thread's row copy (on an H200 that copy's page faults cost
-    ResNet-34's last-layer gather 87% -> 94% of inference speed; docs/BENCHMARKS.md, "Last-layer gradient gathering").
+    page while the GPU computes, instead of in the main thread's row copy (on an H200 this took ResNet-34's last-layer
+    gather from 87% to 94% of inference speed; docs/BENCHMARKS.md, "Last-layer gradient gathering").
     """
 
     def __init__(self, n: int | None, dim: int | None = None, dtype=np.float32, prefault_bytes: int = 64 << 20):
