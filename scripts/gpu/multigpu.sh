@@ -5,8 +5,8 @@
 # against N = 1. One call on nvidia-h200-x2/x4/x8, under 9 minutes:
 #   bash scripts/gpu/multigpu.sh                      # RANKS=1,2,4,8 MODELS=gpt2,resnet34
 #   RANKS=1,2 GPT2_SAMPLES=1024 bash scripts/gpu/multigpu.sh   # a smaller call
-# Needs no wheels (torch, transformers, peft, omegaconf and hydra-core are imported: carry .whl/ as for
-# bench_training.sh when the image lacks hydra/omegaconf). NVLink multicast stays off: the benchmark sets
+# Carry .whl/ (hydra-core, omegaconf, antlr4-python3-runtime wheels, as bench_training.sh: the image has no
+# hydra/omegaconf; torch, transformers and peft come from the image, as for llm.sh). NVLink multicast stays off: the benchmark sets
 # NCCL_NVLS_ENABLE=0 (and the PyTorch/NVSHMEM switches) in every rank's environment, as the device notes ask.
 # Writes into $OUT: bench_multigpu.md (the table, printed last), bench_multigpu.json, log.txt, gpu.txt, command.txt;
 # the gradient stores go to $STORES (not $OUT: ResNet-34 at 50k samples is 1 GiB per N).
