@@ -6,7 +6,8 @@
 #   bash scripts/gpu/multigpu.sh                      # RANKS=1,2,4,8 MODELS=gpt2,resnet34
 #   RANKS=1,2 GPT2_SAMPLES=1024 bash scripts/gpu/multigpu.sh   # a smaller call
 # Carry .whl/ (hydra-core, omegaconf, antlr4-python3-runtime wheels, as bench_training.sh: the image has no
-# hydra/omegaconf; torch, transformers and peft come from the image, as for llm.sh). NVLink multicast stays off: the benchmark sets
+# hydra/omegaconf). torch and transformers come from the image; CausalLM also imports peft and torchmetrics: if
+# the image lacks them, carry the `make wheelhouse` set instead (not checked on the device). NVLink multicast stays off: the benchmark sets
 # NCCL_NVLS_ENABLE=0 (and the PyTorch/NVSHMEM switches) in every rank's environment, as the device notes ask.
 # Writes into $OUT: bench_multigpu.md (the table, printed last), bench_multigpu.json, log.txt, gpu.txt, command.txt;
 # the gradient stores go to $STORES (not $OUT: ResNet-34 at 50k samples is 1 GiB per N).
