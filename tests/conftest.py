@@ -21,3 +21,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the repo in CI and dev machines)")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def fit_stages(monkeypatch) -> list:
+    """The ``stage`` of every ``gradsift.training.fit_and_evaluate`` call a test makes ("base", "retrain", ...), in
+    order; the fits still run."""
+    from gradsift import training
+
+    calls: list = []
+    real = training.fit_and_evaluate
+    monkeypatch.setattr(training, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    return calls

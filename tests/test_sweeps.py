@@ -14,38 +14,29 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
-from gradsift import pipeline, training
+from gradsift import pipeline
 from tests.test_pipeline import _cfg
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["experiment=table1_moons", "data.n_train=60", "data.n_test=20", "data.flips_per_class=3", "torch_threads=1"]
 
 
-@pytest.fixture()
-def fits(monkeypatch) -> list:
-    calls: list = []
-    real = training.fit_and_evaluate
-    monkeypatch.setattr(training, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
-    return calls
-
-
-def test_a_finished_run_is_skipped_unless_forced(tmp_path, fits, caplog) -> None:
+def test_a_finished_run_is_skipped_unless_forced(tmp_path, fit_stages, caplog) -> None:
     """Re-running a sweep redid its finished jobs (item 7)."""
     first = pipeline.run(_cfg(tmp_path, "scorer=l2", "cache=false"), tmp_path / "job")
     stamp = (tmp_path / "job" / "result.json").stat().st_mtime_ns
     with caplog.at_level("INFO", logger="gradsift.record"):
         again = pipeline.run(_cfg(tmp_path, "scorer=l2", "cache=false"), tmp_path / "job")
-    assert fits == ["base", "retrain"] and again["skipped"] and again["metrics"] == first["metrics"]
+    assert fit_stages == ["base", "retrain"] and again["skipped"] and again["metrics"] == first["metrics"]
     assert (tmp_path / "job" / "result.json").stat().st_mtime_ns == stamp
     assert "skipped; force=true runs it again" in caplog.records[-1].getMessage()
     forced = pipeline.run(_cfg(tmp_path, "scorer=l2", "cache=false", "force=true"), tmp_path / "job")
-    assert fits == ["base", "retrain"] * 2 and not forced.get("skipped")
+    assert fit_stages == ["base", "retrain"] * 2 and not forced.get("skipped")
     assert forced["config_hash"] == first["config_hash"] and "force" not in forced["config"]
 
 
-def test_a_changed_or_failed_run_is_not_skipped(tmp_path, fits) -> None:
+def test_a_changed_or_failed_run_is_not_skipped(tmp_path, fit_stages) -> None:
     pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "job")
     changed = pipeline.run(_cfg(tmp_path, "scorer=l1", "retrain=false"), tmp_path / "job")  # same folder, new config
     assert not changed.get("skipped") and changed["method"] == "Outlier Gradient (L1)"

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from sklearn.datasets import make_moons
 
-from gradsift import pipeline, training
+from gradsift import pipeline
 from tests.test_config import CONF
 
 FLIPPED = [2, 5, 9, 14, 20, 27, 33, 41, 50, 62, 77, 90]
@@ -37,28 +37,20 @@ def _cfg(tmp_path: Path, csv_file: Path, *extra: str):
         return compose("config", overrides=overrides)
 
 
-@pytest.fixture()
-def stages(monkeypatch) -> list:
-    calls: list = []
-    real = training.fit_and_evaluate
-    monkeypatch.setattr(training, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
-    return calls
-
-
-def test_no_clean_labels_refuses_n_noisy_before_training(tmp_path, csv_file, stages) -> None:
+def test_no_clean_labels_refuses_n_noisy_before_training(tmp_path, csv_file, fit_stages) -> None:
     """Issue #19 item 3: the root default trim (n_noisy) on data without clean labels trimmed nothing and reported
     detection accuracy 1.0."""
     with pytest.raises(ValueError, match=r"trim.budget=n_noisy .* no noise mask"):
         pipeline.run(_cfg(tmp_path, csv_file), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["status"] == "failed" and "trim.fraction=0.05" in saved["error"]
-    assert stages == []  # nothing was trained
+    assert fit_stages == []  # nothing was trained
 
 
-def test_no_clean_labels_with_a_fraction_trims_and_reports_no_detection_metrics(tmp_path, csv_file, stages) -> None:
+def test_no_clean_labels_with_a_fraction_trims_and_reports_no_detection_metrics(tmp_path, csv_file, fit_stages) -> None:
     res = pipeline.run(_cfg(tmp_path, csv_file, "trim=fraction", "trim.fraction=0.1"), tmp_path / "run")
     m = res["metrics"]
-    assert res["status"] == "ok" and res["dataset"] == "my_data" and stages == ["base", "retrain"]
+    assert res["status"] == "ok" and res["dataset"] == "my_data" and fit_stages == ["base", "retrain"]
     assert m["n_trimmed"] == 14  # 10% of the 140 training rows (200 less 20% test, 10% val)
     assert not {"detection_acc", "detection_auc", "precision", "recall", "n_noisy"} & set(m)
     assert 0.5 < m["test_acc"] <= 1 and 0.5 < m["base_test_acc"] <= 1
@@ -79,19 +71,19 @@ def test_with_clean_labels_the_same_data_reports_detection(tmp_path, csv_file) -
                                                               r"training set has only 140"),
                                           ("trim.budget=1.5", r"trim.budget=1.5 is a float"),
                                           ("trim.fraction=1.0", r"trim.fraction=1.0")])
-def test_bad_budgets_fail_before_the_first_training_step(tmp_path, csv_file, stages, budget, match) -> None:
+def test_bad_budgets_fail_before_the_first_training_step(tmp_path, csv_file, fit_stages, budget, match) -> None:
     """Issue #19 item 5: ``trim.budget=1000`` on a small set failed only after training."""
     # Hydra wraps the Trim's ValueError when it builds it from the config; the message is the same
     with pytest.raises(Exception, match=match):
         pipeline.run(_cfg(tmp_path, csv_file, "trim=fraction", budget), tmp_path / "run")
-    assert stages == []
+    assert fit_stages == []
 
 
-def test_bad_budget_on_the_default_data_fails_before_training(tmp_path, stages) -> None:
+def test_bad_budget_on_the_default_data_fails_before_training(tmp_path, fit_stages) -> None:
     """The same on the root config's moons data (250 training samples)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["trim.budget=1000", "trainer.max_epochs=2", "torch_threads=1",
                                            "trainer.enable_progress_bar=false", f"paths.cache_dir={tmp_path}"])
     with pytest.raises(ValueError, match="trim.budget=1000 removes 1000 samples but the training set has only 250"):
         pipeline.run(cfg, tmp_path / "run")
-    assert stages == []
+    assert fit_stages == []
