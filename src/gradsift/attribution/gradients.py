@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterable
 
@@ -467,8 +468,6 @@ class _Prefault:
     PAGE = 4096
 
     def __init__(self, out: np.ndarray, block_bytes: int = 8 << 20):
-        import threading
-
         self.out, self.done_rows, self.halt = out, 0, False
         self.rows_per_block = max(1, block_bytes // max(1, out.strides[0]))
         self.cond = threading.Condition()
@@ -487,8 +486,7 @@ class _Prefault:
                 self.done_rows = stop
                 self.cond.notify_all()
             start = stop
-        with self.cond:
-            self.done_rows = n if not self.halt else self.done_rows
+        with self.cond:  # done (done_rows == n) or stopped: a waiting writer goes on either way
             self.halt = True
             self.cond.notify_all()
 
