@@ -8,6 +8,9 @@
 #   MODE=retrain NOISE=worst SEED=0 METHODS=iforest,l2 bash scripts/gpu/authors.sh
 #       retrains on what each method keeps (~4.5 min each: two per call), reusing the cached base model and gradients
 #   then METHODS=l1,tracin, then METHODS=self_confidence; then NOISE=aggregate, then SEED=1 ...
+#   MODE=all NOISE=aggregate SEED=0 METHODS=iforest LIMIT=585 bash scripts/gpu/authors.sh
+#       both in one call: the base model (264 s on the H200), then one retrain (~232 s); what a cold machine's first
+#       call of a (noise, seed) should run
 # The base model, gradients, retrain results and the decoded images live in CACHE (default /root/gradsift-cache) and
 # the sweep folders in RUNS (default /root/gradsift-runs), outside the repository copy that each call gets afresh: they
 # last as long as the machine stays warm, so make the calls of one (noise, seed) back to back. A cold machine trains
@@ -29,7 +32,7 @@
 # detection-only.
 # Expects (git-ignored): .whl/ (hydra-core, omegaconf, antlr4, cleanlab wheels; `make wheelhouse`) and
 # .gpu/c10/{cifar10-jpeg/cifar10_jpeg.npz, cifar-n/cifar10n_labels.npz} (from ../shared/data).
-# Env: MODE (base | retrain), NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
+# Env: MODE (base | retrain | all = base, then the retrains of METHODS), NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
 # LIMIT, RETRAIN_S, CACHE, RUNS, SPEED, EXTRA (appended to every run.py call).
 # CPU dry run (ran before commit, both modes, 2 cores): DEVICE_SETUP=0 PY=.venv/bin/python GRADSIFT_DATA=../shared/data
 # CACHE=/tmp/dry/cache RUNS=/tmp/dry/runs OUT=/tmp/dry/out SPEED=0 RETRAIN_S=30 EXTRA='trainer.accelerator=cpu
@@ -70,7 +73,10 @@ case "$MODE" in
   base)
     # one process, jobs one after another: the first trains and gathers, the other four find both in the cache
     sweep authors_base_${NOISE}_s$SEED $A retrain=false +table2_authors=$ALL ;;
-  retrain)
+  retrain|all)
+    # all: the base model first (as MODE=base), then the retrains of METHODS while time is left, so a cold machine's
+    # first call does not spend a whole call on the base model alone
+    [ "$MODE" = all ] && sweep authors_base_${NOISE}_s$SEED $A retrain=false +table2_authors=$ALL
     for m in ${METHODS//,/ }; do
       rem=$((END - $(date +%s)))
       if [ $rem -lt $RETRAIN_S ]; then echo "not started: $m ($rem s left < RETRAIN_S $RETRAIN_S)" | tee -a $OUT/progress.txt; continue; fi
@@ -78,7 +84,7 @@ case "$MODE" in
       # the same method repeats (finished jobs of the same config are skipped; the retrain cache keeps the rest)
       sweep authors_${NOISE}_s${SEED}_$m $A +table2_authors=$m
     done ;;
-  *) echo "MODE=$MODE: expected base or retrain" | tee -a $OUT/progress.txt; exit 2 ;;
+  *) echo "MODE=$MODE: expected base, retrain or all" | tee -a $OUT/progress.txt; exit 2 ;;
 esac
 cat $OUT/gpu.txt >> $OUT/progress.txt 2>/dev/null; rm -f $OUT/gpu.txt
 for f in $RUNS/*.log; do [ -e "$f" ] && tail -40 "$f" > "$f.tail"; done
