@@ -25,14 +25,18 @@
 # SPEED=1 (default) adds the H200 speed overrides, differences from the authors (fp32, eager): bf16 autocast, the
 # training step as one CUDA graph with fused SGD, the data resident on the GPU, no NaN fill of new memory (SPEED_ARGS
 # below; docs/BENCHMARKS.md, "Training throughput"). SPEED=0 runs fp32 eager, as the authors (one training per call).
-# Publish: unpack each call's $OUT/results.tgz (every result.json under RUNS so far) into
-# multirun_summaries/runs/gpu_authors/, then python experiments/summarize.py multirun_summaries/runs/gpu_authors
+# FROM=<folder of a MODE=base sweep> makes the retrains take that detection run's flags (retrain_from=, no base model
+# needed: two retrains fit a call on a cold machine); the default is multirun_summaries/runs/gpu_authors/
+# authors_base_<noise>_s<seed> when it holds flagged.csv(.gz) files (committed from an earlier call); FROM= (empty)
+# uses the warm cache instead.
+# Publish: unpack each call's $OUT/results.tgz (every result.json under RUNS so far, and the base sweep's flagged.csv)
+# into multirun_summaries/runs/gpu_authors/ (gzip the flagged.csv files), then python experiments/summarize.py multirun_summaries/runs/gpu_authors
 # --table oga.table2_cifar_n_resnet34_authors --accuracy best --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
 # final ... _final). The table (conf/paper/oga.yaml) takes the retrain=true runs only: authors_base_* are
 # detection-only.
 # Expects (git-ignored): .whl/ (hydra-core, omegaconf, antlr4, cleanlab wheels; `make wheelhouse`) and
 # .gpu/c10/{cifar10-jpeg/cifar10_jpeg.npz, cifar-n/cifar10n_labels.npz} (from ../shared/data).
-# Env: MODE (base | retrain | all = base, then the retrains of METHODS), NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
+# Env: MODE (base | retrain | all = base, then the retrains of METHODS), FROM, NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
 # LIMIT, RETRAIN_S, CACHE, RUNS, SPEED, EXTRA (appended to every run.py call).
 # CPU dry run (ran before commit, both modes, 2 cores): DEVICE_SETUP=0 PY=.venv/bin/python GRADSIFT_DATA=../shared/data
 # CACHE=/tmp/dry/cache RUNS=/tmp/dry/runs OUT=/tmp/dry/out SPEED=0 RETRAIN_S=30 EXTRA='trainer.accelerator=cpu
@@ -69,6 +73,14 @@ sweep() {  # name overrides... : one Hydra multirun in RUNS, cut at the script's
     hydra.callbacks.summary.out_dir=$RUNS/$name/summary >> $RUNS/$name.log 2>&1
   echo "$name exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/progress.txt
 }
+# retrains on a cold machine: the flags of a detection run (MODE=base) committed under multirun_summaries, instead of
+# the cached base model (experiments/run.py retrain_from=..., gradsift.handoff): no base model is trained
+DET=multirun_summaries/runs/gpu_authors/authors_base_${NOISE}_s$SEED
+if [ -z "${FROM+x}" ] && [ "$MODE" = retrain ] && [ -n "$(find $DET -name 'flagged.csv*' 2>/dev/null | head -1)" ]; then
+  FROM=$PWD/$DET
+fi
+FROM=${FROM:-}
+[ -n "$FROM" ] && echo "retrains take the flags of $FROM" | tee -a $OUT/progress.txt
 case "$MODE" in
   base)
     # one process, jobs one after another: the first trains and gathers, the other four find both in the cache
@@ -82,13 +94,14 @@ case "$MODE" in
       if [ $rem -lt $RETRAIN_S ]; then echo "not started: $m ($rem s left < RETRAIN_S $RETRAIN_S)" | tee -a $OUT/progress.txt; continue; fi
       # one sweep folder per method: a call cut by the limit leaves a 'running' record that the next call's run of
       # the same method repeats (finished jobs of the same config are skipped; the retrain cache keeps the rest)
-      sweep authors_${NOISE}_s${SEED}_$m $A +table2_authors=$m
+      sweep authors_${NOISE}_s${SEED}_$m $A +table2_authors=$m ${FROM:+retrain_from=$FROM}
     done ;;
   *) echo "MODE=$MODE: expected base, retrain or all" | tee -a $OUT/progress.txt; exit 2 ;;
 esac
 cat $OUT/gpu.txt >> $OUT/progress.txt 2>/dev/null; rm -f $OUT/gpu.txt
 for f in $RUNS/*.log; do [ -e "$f" ] && tail -40 "$f" > "$f.tail"; done
-( cd "$RUNS" && tar czf $OUT/results.tgz $(find . -name result.json -o -name multirun.yaml -o -name '*.log.tail' 2>/dev/null) )
+( cd "$RUNS" && tar czf $OUT/results.tgz $(find . -name result.json -o -name multirun.yaml -o -name '*.log.tail' \
+  -o -path './authors_base_*/flagged.csv' 2>/dev/null) )
 # the run records so far, one line each: method, noise, seed, base final/best, retrained final/best, trimmed
 $PY - "$RUNS" <<'EOF' | tee -a $OUT/progress.txt
 import json, pathlib, sys

@@ -42,16 +42,13 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         return identification.run(cfg, output_dir, choices)
     if (done := finished_result(cfg, output_dir)) is not None:
         return done
+    if cfg.get("retrain_from"):  # the flags of an earlier detection run: no base model, no gradients here
+        return retrain_from(cfg, output_dir, choices)
     t_start = time.perf_counter()
     output_dir, result = start_run(cfg, output_dir)
     with recorded(result, output_dir):
-        scorer: Scorer = instantiate(cfg.scorer)
-        trim: Trim = instantiate(cfg.trim)
+        scorer, trim, method = _describe(cfg, choices, result)
         attributor = artifacts.build_attributor(cfg, scorer, trim)  # refuses a bad compressor before any training
-        method = cfg.get("method") or scorer.display_name + (" [detector labels]" if trim.selection == "detector" else "")
-        result.update(method=method, scorer=(choices or {}).get("scorer") or cfg.scorer._target_.rsplit(".", 1)[-1],
-                      compressor=(choices or {}).get("compressor") or cfg.compressor._target_.rsplit(".", 1)[-1],
-                      budget=trim.describe(), selection=trim.selection, paper_table=cfg.get("paper_table"))
         write_result(output_dir, result)  # a killed job leaves a "running" record the summary marks as failed
         datamodule: NoisyLabelDataModule = instantiate(cfg.data)
         datamodule.setup()
@@ -59,6 +56,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         art = artifacts.scorer_inputs(cfg, datamodule, scorer,
                                       artifacts.base_artifacts(cfg, datamodule, hessian=scorer.needs_hessian))
         result["base_key"], result["cache_hit"], result["model_cache_hit"] = art.key, art.hit, art.model_hit
+        result["model_key"] = art.model_key
         log.info("base model %s (%s), gradients %s (%s): %d x %d", art.model_key,
                  "cached" if art.model_hit else "trained", art.key, "cached" if art.hit else "gathered",
                  art.inputs.train.n, art.inputs.train.dim)
@@ -108,6 +106,70 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
                                     k=int(cfg.gallery), title=f"{method} | {result['dataset']} | seed {cfg.seed}")
         log_run(cfg, result, attribution.flagged, datamodule)
         log.info("wrote %s: %s", output_dir, ", ".join(sorted(p.name for p in output_dir.iterdir() if p.is_file())))
+    return result
+
+
+def _describe(cfg: DictConfig, choices: dict | None, result: dict) -> tuple[Scorer, Trim, str]:
+    """The run's scorer, trim and table row name, recorded in ``result`` (``method``, ``scorer`` ...)."""
+    scorer: Scorer = instantiate(cfg.scorer)
+    trim: Trim = instantiate(cfg.trim)
+    method = cfg.get("method") or scorer.display_name + (" [detector labels]" if trim.selection == "detector" else "")
+    result.update(method=method, scorer=(choices or {}).get("scorer") or cfg.scorer._target_.rsplit(".", 1)[-1],
+                  compressor=(choices or {}).get("compressor") or cfg.compressor._target_.rsplit(".", 1)[-1],
+                  budget=trim.describe(), selection=trim.selection, paper_table=cfg.get("paper_table"))
+    return scorer, trim, method
+
+
+def retrain_from(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) -> dict:
+    """``retrain_from=<folder>``: retrain on what an earlier run of this scoring config flagged (:mod:`gradsift.handoff`).
+
+    The base model is neither trained nor loaded and no gradient is gathered: the flags, the base model's and the
+    detection metrics, and the attribution's timings come from that run's ``result.json`` and ``flagged.csv``
+    (``result["retrain_from"]`` names it); the retrain is this run's own, cached as in :func:`run`.
+
+    Args:
+        cfg: the run config; ``retrain_from`` is a run folder or a sweep folder above it.
+        output_dir: this run's folder.
+        choices: Hydra's config-group choices.
+
+    Returns:
+        The run record, as written to ``result.json``.
+    """
+    from gradsift import handoff
+
+    if not cfg.get("retrain", True):
+        raise ValueError("retrain_from is set but retrain=false: there would be nothing to do; drop one of them")
+    if cfg.get("metric") is not None:
+        raise ValueError("retrain_from does not compute metric=... (it needs this run's own base model and scores); "
+                         "run the metric without retrain_from")
+    t_start = time.perf_counter()
+    output_dir, result = start_run(cfg, output_dir)
+    with recorded(result, output_dir):
+        _, _, method = _describe(cfg, choices, result)
+        source, rec = handoff.find_detection_run(cfg, cfg.retrain_from)  # before any data is read
+        result["retrain_from"] = handoff.source_facts(source, rec)
+        write_result(output_dir, result)
+        datamodule: NoisyLabelDataModule = instantiate(cfg.data)
+        datamodule.setup()
+        index = np.asarray(getattr(datamodule.train_set, "index", np.arange(len(datamodule.train_set))))
+        flagged, remove = handoff.read_flags(source, index)
+        log.info("%s: %d of %d flagged by %s", method, int(remove.sum()), len(remove), source)
+        metrics = {k: v for k, v in rec.get("metrics", {}).items() if not k.startswith("test_")}
+        model_key = artifacts.model_key(cfg)
+        test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = artifacts.retrain(
+            cfg, datamodule, index[~remove], model_key)
+        metrics.update({f"test_{k}": v for k, v in training.with_best_epoch(test).items()})
+        log.info("retrain on %d kept samples (%s): test %s", int((~remove).sum()),
+                 "cached" if result["retrain_cache_hit"] else "trained",
+                 ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
+        result.update(base_key=rec.get("base_key"), model_key=model_key, metrics=metrics)
+        result["timings"] = {**{k: v for k, v in rec.get("timings", {}).items() if k not in ("retrain_s", "total_s")},
+                             "retrain_s": retrain_s, "total_s": time.perf_counter() - t_start}
+        result["status"] = "ok"
+        flagged.to_csv(output_dir / "flagged.csv", index=False)
+        if (source / "scores.npy").exists():
+            np.save(output_dir / "scores.npy", np.load(source / "scores.npy"))
+        log_run(cfg, result, flagged, datamodule)
     return result
 
 

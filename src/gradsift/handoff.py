@@ -1,0 +1,132 @@
+"""``retrain_from``: retrain on what an earlier detection run flagged, in another job or on another machine.
+
+A detection run (``retrain=false``) of a trim config writes ``result.json`` and ``flagged.csv``. Both are small,
+unlike the base model and gradients behind them, so they can travel where the cache cannot: a later job of the same
+config with ``retrain_from=<that run's folder, or its sweep's>`` takes the flags, the base and detection metrics
+from there and only retrains. The retrain is cached under the same key as in one job (base model key, kept set), so
+both ways give one cache entry. The OGA authors' recipe needs this on a GPU whose cache lasts only while it is warm:
+one call trains the 100-epoch base model and scores every method, later calls retrain
+(``scripts/gpu/authors.sh``, ``FROM=``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from gradsift.artifacts import MODEL_KEYS
+
+log = logging.getLogger(__name__)
+
+#: the config sections that decide what a run flags: the base model's (``MODEL_KEYS``), the gradients' and the
+#: scoring's; a detection run can stand in for this run's scoring only when all of them are equal
+FLAG_KEYS = [*MODEL_KEYS, "gradients", "compressor", "attribution", "scorer", "trim"]
+#: keys at any depth that say where things are read or kept, or how a run shows progress, not what it computes: a
+#: detection run on another machine (another cache or data folder) still stands in for this run's scoring
+LOCATION_KEYS = frozenset({"cache_dir", "data_dir", "root_dir", "default_root_dir", "download", "num_workers",
+                           "enable_progress_bar"})
+#: the files a detection run's flags may be in (``flagged.csv.gz``: as committed under ``multirun_summaries``)
+FLAGGED_FILES = ("flagged.csv", "flagged.csv.gz")
+
+
+def differing_sections(cfg: DictConfig, recorded: dict) -> list[str]:
+    """The :data:`FLAG_KEYS` sections (dotted keys, one level down) where ``recorded`` differs from ``cfg``, leaving
+    out :data:`LOCATION_KEYS`."""
+    here = OmegaConf.to_container(cfg, resolve=True)
+    out = []
+    for key in FLAG_KEYS:
+        a, b = _without_locations(here.get(key)), _without_locations(recorded.get(key))
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append(key)
+    return out
+
+
+def _without_locations(value):
+    if isinstance(value, dict):
+        return {k: _without_locations(v) for k, v in value.items() if k not in LOCATION_KEYS}
+    return value
+
+
+def find_detection_run(cfg: DictConfig, path: str | Path) -> tuple[Path, dict]:
+    """The finished run under ``path`` whose scoring config is this run's.
+
+    Args:
+        cfg: this run's config.
+        path: a run folder (with ``result.json``) or a folder above several (a sweep): every ``result.json`` below it
+            is a candidate.
+
+    Returns:
+        ``(run folder, its record)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or holds no ``result.json``.
+        ValueError: no finished (``ok``) run with flags matches; the message lists, per candidate, the config keys
+            that differ.
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"retrain_from={path}: no such folder")
+    records = [root / "result.json"] if (root / "result.json").exists() else sorted(root.rglob("result.json"))
+    if not records:
+        raise FileNotFoundError(f"retrain_from={path}: no result.json there or below it; expected the folder of a "
+                                "finished detection run (retrain=false) or of its sweep")
+    why = []
+    for file in records:
+        try:
+            rec = json.loads(file.read_text())
+        except (OSError, ValueError) as e:
+            why.append(f"{file}: unreadable ({e})")
+            continue
+        if rec.get("status") != "ok":
+            why.append(f"{file}: status {rec.get('status')!r}, not 'ok'")
+            continue
+        if not any((file.parent / name).exists() for name in FLAGGED_FILES):
+            why.append(f"{file.parent}: no {' or '.join(FLAGGED_FILES)}")
+            continue
+        if diff := differing_sections(cfg, rec.get("config", {})):
+            why.append(f"{file.parent}: differs in {', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}")
+            continue
+        return file.parent, rec
+    raise ValueError(f"retrain_from={path}: none of its {len(records)} run(s) flagged with this run's config "
+                     f"(sections {', '.join(FLAG_KEYS)} must be equal):\n  " + "\n  ".join(why[:20]))
+
+
+def read_flags(folder: Path, sample_index: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The detection run's ``flagged`` table and, in ``sample_index`` order, which rows it removes.
+
+    Args:
+        folder: the detection run's folder.
+        sample_index: the training samples' indices, as this run's datamodule has them.
+
+    Returns:
+        ``(flagged table, most detrimental first; boolean mask over sample_index, True = removed)``.
+
+    Raises:
+        ValueError: the table's samples are not this run's training samples (another dataset or subset).
+    """
+    file = next(folder / name for name in FLAGGED_FILES if (folder / name).exists())
+    flagged = pd.read_csv(file)
+    missing = {"index", "flagged"} - set(flagged.columns)
+    if missing:
+        raise ValueError(f"{file}: no column(s) {sorted(missing)}; expected the flagged.csv a run writes")
+    by_index = flagged.set_index("index")["flagged"].astype(bool)
+    if len(by_index) != len(sample_index) or not by_index.index.isin(sample_index).all():
+        raise ValueError(f"{file}: flags for {len(by_index)} samples, but this run trains on {len(sample_index)} "
+                         "others; the detection run used other data (retrain_from must come from the same data)")
+    return flagged, by_index.reindex(sample_index).to_numpy()
+
+
+def source_facts(folder: Path, rec: dict) -> dict:
+    """What this run records about the run it took the flags from (``result["retrain_from"]``)."""
+    return {"path": str(folder), "config_hash": rec.get("config_hash"), "finished_at": rec.get("finished_at"),
+            "commit": rec.get("versions", {}).get("commit"), "model_key": rec.get("model_key")}
+

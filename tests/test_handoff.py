@@ -1,0 +1,83 @@
+"""retrain_from: a retrain in another job (another cache) on an earlier detection run's flags."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gradsift import pipeline, training
+from tests.test_pipeline import _cfg
+
+
+@pytest.fixture
+def stages(monkeypatch):
+    calls = []
+    real = training.fit_and_evaluate
+    monkeypatch.setattr(training, "fit_and_evaluate", lambda *a, **k: calls.append(k.get("stage")) or real(*a, **k))
+    return calls
+
+
+def test_retrain_from_a_detection_run_trains_only_the_retrain_and_shares_its_cache(tmp_path, stages):
+    det = pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "sweep" / "0", {"scorer": "l2"})
+    assert stages == ["base"]
+    # another machine: a fresh cache, the detection run's folder only (flagged.csv compressed, as committed)
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "sweep", moved)
+    pd.read_csv(moved / "0" / "flagged.csv").to_csv(moved / "0" / "flagged.csv.gz", index=False)
+    (moved / "0" / "flagged.csv").unlink()
+    other = tmp_path / "other"
+    res = pipeline.run(_cfg(other, "scorer=l2", f"retrain_from={moved}"), tmp_path / "re", {"scorer": "l2"})
+    assert stages == ["base", "retrain"]  # no base model trained, no gradients gathered on the second machine
+    assert res["status"] == "ok" and res["retrain_from"]["path"] == str(moved / "0")
+    assert res["retrain_from"]["config_hash"] == det["config_hash"] and res["model_key"] == det["model_key"]
+    m = res["metrics"]
+    for k in ("base_test_acc", "detection_auc", "precision", "n_trimmed"):
+        assert m[k] == det["metrics"][k]
+    assert 0 <= m["test_acc"] <= 1 and res["method"] == det["method"]
+    # the same flags as the detection run, and the rows it keeps are the retrain's
+    flags = pd.read_csv(tmp_path / "re" / "flagged.csv")
+    assert flags.equals(pd.read_csv(tmp_path / "sweep" / "0" / "flagged.csv"))
+    np.testing.assert_array_equal(np.load(tmp_path / "re" / "scores.npy"), np.load(tmp_path / "sweep" / "0" / "scores.npy"))
+    # one job doing both on the second machine's cache finds that retrain: the cache key is the same either way
+    full = pipeline.run(_cfg(other, "scorer=l2"), tmp_path / "full", {"scorer": "l2"})
+    assert full["retrain_cache_hit"] is True and full["metrics"]["test_acc"] == m["test_acc"]
+    saved = json.loads((tmp_path / "re" / "result.json").read_text())
+    assert saved["metrics"] == m and saved["timings"]["score_s"] == det["timings"]["score_s"]
+
+
+def test_retrain_from_a_sweep_takes_the_job_with_this_scoring_config(tmp_path, stages):
+    for i, scorer in enumerate(["l1", "l2"]):
+        pipeline.run(_cfg(tmp_path, f"scorer={scorer}", "retrain=false"), tmp_path / "sweep" / str(i))
+    res = pipeline.run(_cfg(tmp_path / "b", "scorer=l1", f"retrain_from={tmp_path / 'sweep'}"), tmp_path / "re")
+    assert res["retrain_from"]["path"] == str(tmp_path / "sweep" / "0")
+    assert stages == ["base", "retrain"]
+
+
+def test_retrain_from_refuses_a_run_of_another_config_and_says_what_differs(tmp_path):
+    pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "det")
+    with pytest.raises(ValueError, match=r"(?s)retrain_from=.*differs in scorer"):
+        pipeline.run(_cfg(tmp_path, "scorer=l1", f"retrain_from={tmp_path / 'det'}"), tmp_path / "re")
+    # the failed record is written, with the reason
+    rec = json.loads((tmp_path / "re" / "result.json").read_text())
+    assert rec["status"] == "failed" and "scorer" in rec["error"]
+    with pytest.raises(ValueError, match="differs in (data.seed, )?seed"):
+        pipeline.run(_cfg(tmp_path, "scorer=l2", "seed=1", f"retrain_from={tmp_path / 'det'}"), tmp_path / "re2")
+    with pytest.raises(FileNotFoundError, match="retrain_from=.*no such folder"):
+        pipeline.run(_cfg(tmp_path, "scorer=l2", f"retrain_from={tmp_path / 'nowhere'}"), tmp_path / "re3")
+    with pytest.raises(ValueError, match="retrain=false"):
+        pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false", f"retrain_from={tmp_path / 'det'}"), tmp_path / "re4")
+
+
+def test_where_things_are_kept_does_not_count_as_a_difference():
+    from omegaconf import OmegaConf
+
+    from gradsift.handoff import differing_sections
+
+    here = OmegaConf.create({"data": {"cache_dir": "/a", "noise": "worst"}, "trainer": {"enable_progress_bar": False},
+                             "seed": 0})
+    assert differing_sections(here, {"data": {"cache_dir": "/b", "noise": "worst"},
+                                     "trainer": {"enable_progress_bar": True}, "seed": 0}) == []
+    assert differing_sections(here, {"data": {"cache_dir": "/a", "noise": "aggregate"}, "trainer": {},
+                                     "seed": 1}) == ["data.noise", "seed"]
