@@ -35,8 +35,10 @@ FLAGGED_FILES = ("flagged.csv", "flagged.csv.gz")
 
 
 def differing_sections(cfg: DictConfig, recorded: dict) -> list[str]:
-    """The :data:`FLAG_KEYS` sections (dotted keys, one level down) where ``recorded`` differs from ``cfg``, leaving
-    out :data:`LOCATION_KEYS`."""
+    """The :data:`FLAG_KEYS` sections (dotted keys, one level down) where ``recorded`` differs from ``cfg``.
+
+    :data:`LOCATION_KEYS` are left out.
+    """
     here = OmegaConf.to_container(cfg, resolve=True)
     out = []
     for key in FLAG_KEYS:
