@@ -43,6 +43,8 @@ def test_retrain_from_a_detection_run_trains_only_the_retrain_and_shares_its_cac
     # one job doing both on the second machine's cache finds that retrain: the cache key is the same either way
     full = pipeline.run(_cfg(other, "scorer=l2"), tmp_path / "full", {"scorer": "l2"})
     assert full["retrain_cache_hit"] is True and full["metrics"]["test_acc"] == m["test_acc"]
+    # and it is the same run: one config hash, so summaries put both in one cell and a re-run skips either
+    assert full["config_hash"] == res["config_hash"] and "retrain_from" not in res["config"]
     saved = json.loads((tmp_path / "re" / "result.json").read_text())
     assert saved["metrics"] == m and saved["timings"]["score_s"] == det["timings"]["score_s"]
 

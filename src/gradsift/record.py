@@ -29,8 +29,10 @@ from gradsift.cache import config_hash, launcher_rank
 
 log = logging.getLogger(__name__)
 
-#: root keys that say how to run, not what: left out of the recorded config and its hash
-RUN_CONTROL_KEYS = ("force",)
+#: root keys that say how to run, not what: left out of the recorded config and its hash (a run that took its flags
+#: from another job, ``retrain_from``, is the same run as one that scored them itself; ``result["retrain_from"]``
+#: says where they came from)
+RUN_CONTROL_KEYS = ("force", "retrain_from")
 
 
 def recorded_config(cfg: DictConfig) -> dict:
