@@ -83,3 +83,37 @@ def test_where_things_are_kept_does_not_count_as_a_difference():
                                      "trainer": {"enable_progress_bar": True}, "seed": 0}) == []
     assert differing_sections(here, {"data": {"cache_dir": "/a", "noise": "aggregate"}, "trainer": {},
                                      "seed": 1}) == ["data.noise", "seed"]
+
+
+def test_parallel_retrains_give_what_each_gives_alone_and_fill_the_sweeps_cache(tmp_path, stages):
+    from gradsift import parallel
+
+    for i, scorer in enumerate(["l1", "l2", "self_confidence"]):
+        pipeline.run(_cfg(tmp_path, f"scorer={scorer}", "retrain=false", "eval_every_epoch=true"),
+                     tmp_path / "det" / str(i))
+    common = ["eval_every_epoch=true", f"retrain_from={tmp_path / 'det'}"]
+    cfgs = [_cfg(tmp_path / "par", f"scorer={s}", *common) for s in ["l1", "l2", "self_confidence"]]
+    outcomes = parallel.retrain_parallel(cfgs, workers=3)
+    assert [o.get("error") for o in outcomes] == [None] * 3 and not any(o["cache_hit"] for o in outcomes)
+    # one at a time, in a fresh cache: the same numbers, epoch by epoch
+    alone = [pipeline.run(_cfg(tmp_path / "seq", f"scorer={s}", *common), tmp_path / "seq" / s)
+             for s in ["l1", "l2", "self_confidence"]]
+    for o, a in zip(outcomes, alone):
+        assert o["test"]["curve"] == a["metrics"]["test_curve"] and o["test"]["acc"] == a["metrics"]["test_acc"]
+    # the sweep after the parallel retrains trains nothing
+    n = len(stages)
+    again = pipeline.run(_cfg(tmp_path / "par", "scorer=l2", *common), tmp_path / "sweep_l2")
+    assert again["retrain_cache_hit"] is True and len(stages) == n
+
+
+def test_parallel_command_line_composes_each_retrain(tmp_path, capsys):
+    from gradsift import parallel
+    from tests.test_pipeline import FAST
+
+    pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "det")
+    rc = parallel.main(["--workers", "1", "--each", "scorer=l2", "--out", str(tmp_path / "o.json"), "--", *FAST,
+                        f"paths.cache_dir={tmp_path / 'c2'}", f"retrain_from={tmp_path / 'det'}"])
+    assert rc == 0 and "1 retrains, 1 at a time" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o.json").read_text())["retrains"][0]["cache_hit"] is False
+    with pytest.raises(ValueError, match="no retrain_from"):
+        parallel.retrain_parallel([_cfg(tmp_path, "scorer=l2")], workers=2)

@@ -36,7 +36,10 @@
 # detection-only.
 # Expects (git-ignored): .whl/ (hydra-core, omegaconf, antlr4, cleanlab wheels; `make wheelhouse`) and
 # .gpu/c10/{cifar10-jpeg/cifar10_jpeg.npz, cifar-n/cifar10n_labels.npz} (from ../shared/data).
-# Env: MODE (base | retrain | all = base, then the retrains of METHODS), FROM, NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
+# PAR=K (default 1) runs the METHODS' retrains K at a time in one process, each on its own CUDA stream
+# (gradsift.parallel; needs flags, FROM); the per-method sweeps then find them in the cache. Two models on two
+# streams trained at 1.37x one (docs/BENCHMARKS.md); PAR=3 METHODS=l1,l2,tracin is meant to fit one call.
+# Env: MODE (base | retrain | all = base, then the retrains of METHODS), FROM, PAR, NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
 # LIMIT, RETRAIN_S, CACHE, RUNS, SPEED, EXTRA (appended to every run.py call).
 # CPU dry run (ran before commit, both modes, 2 cores): DEVICE_SETUP=0 PY=.venv/bin/python GRADSIFT_DATA=../shared/data
 # CACHE=/tmp/dry/cache RUNS=/tmp/dry/runs OUT=/tmp/dry/out SPEED=0 RETRAIN_S=30 EXTRA='trainer.accelerator=cpu
@@ -75,12 +78,26 @@ sweep() {  # name overrides... : one Hydra multirun in RUNS, cut at the script's
 }
 # retrains on a cold machine: the flags of a detection run (MODE=base) committed under multirun_summaries, instead of
 # the cached base model (experiments/run.py retrain_from=..., gradsift.handoff): no base model is trained
+# (or, on a warm machine or after MODE=all's base sweep, the base sweep's folder in RUNS)
 DET=multirun_summaries/runs/gpu_authors/authors_base_${NOISE}_s$SEED
 if [ -z "${FROM+x}" ] && [ "$MODE" = retrain ] && [ -n "$(find $DET -name 'flagged.csv*' 2>/dev/null | head -1)" ]; then
   FROM=$PWD/$DET
+elif [ -z "${FROM+x}" ] && [ "$MODE" != base ]; then
+  FROM=$RUNS/authors_base_${NOISE}_s$SEED  # checked below, after MODE=all's base sweep
 fi
 FROM=${FROM:-}
-[ -n "$FROM" ] && echo "retrains take the flags of $FROM" | tee -a $OUT/progress.txt
+PAR=${PAR:-1}
+parallel_retrains() {  # PAR > 1: the METHODS' retrains in one process, PAR at a time on CUDA streams (gradsift.parallel)
+  local each="" m rem
+  for m in ${METHODS//,/ }; do each="$each --each +table2_authors=$m"; done
+  rem=$((END - $(date +%s)))
+  echo "GRADSIFT_CACHE=$CACHE python3 -m gradsift.parallel --workers $PAR$each --out \$OUT/parallel.json -- $A retrain_from=$FROM $EXTRA" >> $OUT/command.txt
+  timeout $rem $PY -m gradsift.parallel --workers $PAR $each --out $OUT/parallel.json -- $A retrain_from=$FROM $EXTRA \
+    >> $RUNS/parallel_${NOISE}_s$SEED.log 2>&1
+  echo "parallel retrains ($PAR at a time) exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/progress.txt
+  tail -8 $RUNS/parallel_${NOISE}_s$SEED.log | grep -E "trained|cached|failed|wall" >> $OUT/progress.txt
+  RETRAIN_S=30  # the sweeps below find the retrains in the cache (one failed here is trained there, time allowing)
+}
 case "$MODE" in
   base)
     # one process, jobs one after another: the first trains and gathers, the other four find both in the cache
@@ -89,6 +106,11 @@ case "$MODE" in
     # all: the base model first (as MODE=base), then the retrains of METHODS while time is left, so a cold machine's
     # first call does not spend a whole call on the base model alone
     [ "$MODE" = all ] && sweep authors_base_${NOISE}_s$SEED $A retrain=false +table2_authors=$ALL
+    if [ -n "$FROM" ] && [ -z "$(find $FROM -name 'flagged.csv*' 2>/dev/null | head -1)" ]; then
+      echo "no flags in $FROM: the retrains use the cached base model" | tee -a $OUT/progress.txt; FROM=""
+    fi
+    [ -n "$FROM" ] && echo "retrains take the flags of $FROM" | tee -a $OUT/progress.txt
+    [ "$PAR" -gt 1 ] && [ -n "$FROM" ] && parallel_retrains
     for m in ${METHODS//,/ }; do
       rem=$((END - $(date +%s)))
       if [ $rem -lt $RETRAIN_S ]; then echo "not started: $m ($rem s left < RETRAIN_S $RETRAIN_S)" | tee -a $OUT/progress.txt; continue; fi

@@ -132,3 +132,19 @@ def source_facts(folder: Path, rec: dict) -> dict:
     return {"path": str(folder), "config_hash": rec.get("config_hash"), "finished_at": rec.get("finished_at"),
             "commit": rec.get("versions", {}).get("commit"), "model_key": rec.get("model_key")}
 
+
+
+def kept_rows(cfg: DictConfig, datamodule) -> tuple[Path, dict, pd.DataFrame, np.ndarray, np.ndarray]:
+    """What ``cfg.retrain_from`` says this run keeps.
+
+    Args:
+        cfg: the run config (``retrain_from`` set).
+        datamodule: the training data, set up.
+
+    Returns:
+        ``(detection run folder, its record, its flagged table, the training sample indices, removed mask)``.
+    """
+    source, rec = find_detection_run(cfg, cfg.retrain_from)
+    index = np.asarray(getattr(datamodule.train_set, "index", np.arange(len(datamodule.train_set))))
+    flagged, remove = read_flags(source, index)
+    return source, rec, flagged, index, remove

@@ -151,8 +151,7 @@ def retrain_from(cfg: DictConfig, output_dir: str | Path, choices: dict | None =
         write_result(output_dir, result)
         datamodule: NoisyLabelDataModule = instantiate(cfg.data)
         datamodule.setup()
-        index = np.asarray(getattr(datamodule.train_set, "index", np.arange(len(datamodule.train_set))))
-        flagged, remove = handoff.read_flags(source, index)
+        source, rec, flagged, index, remove = handoff.kept_rows(cfg, datamodule)
         log.info("%s: %d of %d flagged by %s", method, int(remove.sum()), len(remove), source)
         metrics = {k: v for k, v in rec.get("metrics", {}).items() if not k.startswith("test_")}
         model_key = artifacts.model_key(cfg)

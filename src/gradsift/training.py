@@ -9,6 +9,7 @@ gradsift's own runs (and only of those: filters are removed when the fit returns
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -59,6 +60,11 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for logger in loggers:
             logger.removeFilter(chatter)
+
+
+#: held while a fit seeds the global RNG and builds its model, so fits in threads of one process
+#: (:mod:`gradsift.parallel`) initialise their weights exactly as one fit alone does
+_SEED_LOCK = threading.Lock()
 
 
 class EpochTestCurve(pl.Callback):
@@ -112,20 +118,38 @@ class UninitializedMemoryFill(pl.Callback):
         enabled: the flag's value while the trainer runs.
     """
 
+    #: trainers inside a setup/teardown in this process, and the flag's value before the first of them: trainings
+    #: in threads of one process (gradsift.parallel) share the process-wide flag, so the last one out restores it
+    _active = 0
+    _before: bool | None = None
+    _lock = threading.Lock()
+
     def __init__(self, enabled: bool):
         self.enabled = bool(enabled)
-        self._saved: bool | None = None
+        self._inside = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Set the flag (the previous value is kept for :meth:`teardown`)."""
-        self._saved = torch.utils.deterministic.fill_uninitialized_memory
-        torch.utils.deterministic.fill_uninitialized_memory = self.enabled
+        """Set the flag (the value before the first active trainer is kept for :meth:`teardown`)."""
+        cls = type(self)
+        with cls._lock:
+            if not self._inside:
+                if cls._active == 0:
+                    cls._before = torch.utils.deterministic.fill_uninitialized_memory
+                cls._active += 1
+                self._inside = True
+            torch.utils.deterministic.fill_uninitialized_memory = self.enabled
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Restore the value the flag had before :meth:`setup`."""
-        if self._saved is not None:
-            torch.utils.deterministic.fill_uninitialized_memory = self._saved
-            self._saved = None
+        """Restore the value the flag had before :meth:`setup` once no other trainer is inside one."""
+        cls = type(self)
+        with cls._lock:
+            if not self._inside:
+                return
+            self._inside = False
+            cls._active -= 1
+            if cls._active == 0 and cls._before is not None:
+                torch.utils.deterministic.fill_uninitialized_memory = cls._before
+                cls._before = None
 
 
 def fit_and_evaluate(cfg: DictConfig, datamodule: NoisyLabelDataModule, callbacks: list | None = None,
@@ -145,8 +169,9 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: NoisyLabelDataModule, callback
         ``best_acc`` / ``best_epoch`` (:func:`with_best_epoch`).
     """
     with quiet_lightning():
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        model = instantiate(cfg.model)
+        with _SEED_LOCK:  # the global RNG seeds the weights: one initialisation at a time (gradsift.parallel)
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)
+            model = instantiate(cfg.model)
         curve = EpochTestCurve(datamodule) if cfg.get("eval_every_epoch") else None
         fill = cfg.get("fill_uninitialized_memory")
         extra = ([curve] if curve else []) + ([UninitializedMemoryFill(fill)] if fill is not None else [])

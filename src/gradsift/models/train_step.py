@@ -19,6 +19,7 @@ automatic optimization.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -26,6 +27,9 @@ import torch
 from torch.optim import Optimizer
 
 _NOT_HYPERPARAMETERS = ("params", "lr")
+#: one capture at a time in a process: several trainings in threads of one process (gradsift.parallel) each capture
+#: their own graph, on their own stream, with CUDA's thread-local capture mode (the other threads keep training)
+_CAPTURE_LOCK = threading.Lock()
 
 
 def check_graph_optimizer(optimizer: Optimizer) -> None:
@@ -150,7 +154,10 @@ class TrainStep:
     def _record(self, step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         """Capture ``step`` (which reads only the static buffers) as a CUDA graph; returns replay -> loss."""
         graph = torch.cuda.CUDAGraph()
-        with self._lr_on_device(), torch.cuda.graph(graph):
+        # this step's own capture stream (torch's default one is shared by every graph of the process)
+        self._side = self._side or torch.cuda.Stream(self.device)
+        with _CAPTURE_LOCK, self._lr_on_device(), torch.cuda.graph(graph, stream=self._side,
+                                                                   capture_error_mode="thread_local"):
             loss = step()
         self._graph_handle = graph
 
