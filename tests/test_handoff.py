@@ -117,3 +117,17 @@ def test_parallel_command_line_composes_each_retrain(tmp_path, capsys):
     assert json.loads((tmp_path / "o.json").read_text())["retrains"][0]["cache_hit"] is False
     with pytest.raises(ValueError, match="no retrain_from"):
         parallel.retrain_parallel([_cfg(tmp_path, "scorer=l2")], workers=2)
+
+
+def test_compacted_flags_still_drive_the_same_retrain(tmp_path):
+    from gradsift.handoff import compact_flags
+
+    det = pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "det")
+    full = pd.read_csv(tmp_path / "det" / "flagged.csv")
+    out = compact_flags(tmp_path / "det")
+    assert out.name == "flagged.csv.gz" and not (tmp_path / "det" / "flagged.csv").exists()
+    small = pd.read_csv(out)
+    assert list(small.columns) == ["index", "flagged"] and small["index"].is_monotonic_increasing
+    assert set(small.loc[small.flagged == 1, "index"]) == set(full.loc[full.flagged, "index"])
+    res = pipeline.run(_cfg(tmp_path / "b", "scorer=l2", f"retrain_from={tmp_path / 'det'}"), tmp_path / "re")
+    assert res["metrics"]["n_trimmed"] == det["metrics"]["n_trimmed"] == int(small.flagged.sum())

@@ -30,8 +30,8 @@
 # authors_base_<noise>_s<seed> when it holds flagged.csv(.gz) files (committed from an earlier call); FROM= (empty)
 # uses the warm cache instead.
 # Publish: unpack each call's $OUT/results.tgz (every result.json under RUNS so far, and the base sweep's flagged.csv)
-# into multirun_summaries/runs/gpu_authors/ (the flagged.csv files gzipped with scores to 5 significant digits, so
-# the tree and .gpu/c10 stay under a call's 64 MiB), then python experiments/summarize.py multirun_summaries/runs/gpu_authors
+# into multirun_summaries/runs/gpu_authors/ (then python -m gradsift.handoff <each authors_base_* job folder>: the
+# flags as index + 0/1 only, ~110 kB each, so the tree and .gpu/c10 stay under a call's 64 MiB), then python experiments/summarize.py multirun_summaries/runs/gpu_authors
 # --table oga.table2_cifar_n_resnet34_authors --accuracy best --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
 # final ... _final). The table (conf/paper/oga.yaml) takes the retrain=true runs only: authors_base_* are
 # detection-only.

@@ -148,3 +148,33 @@ def kept_rows(cfg: DictConfig, datamodule) -> tuple[Path, dict, pd.DataFrame, np
     index = np.asarray(getattr(datamodule.train_set, "index", np.arange(len(datamodule.train_set))))
     flagged, remove = read_flags(source, index)
     return source, rec, flagged, index, remove
+
+
+def compact_flags(folder: str | Path) -> Path:
+    """Rewrite a run's ``flagged.csv`` as ``flagged.csv.gz`` with only what ``retrain_from`` reads.
+
+    ``index`` in sample order and ``flagged`` as 0/1 compress to a few kB for 50,000 samples (the full table with its
+    float scores: ~0.65 MB gzipped), which keeps committed detection runs small enough to travel with the tree.
+
+    Args:
+        folder: the run's folder (``flagged.csv`` or ``flagged.csv.gz`` in it).
+
+    Returns:
+        The path written (the uncompressed ``flagged.csv`` is removed).
+    """
+    folder = Path(folder)
+    file = next(folder / name for name in FLAGGED_FILES if (folder / name).exists())
+    table = pd.read_csv(file)[["index", "flagged"]].sort_values("index", kind="stable")
+    out = folder / "flagged.csv.gz"
+    table.assign(flagged=table["flagged"].astype(bool).astype(int)).to_csv(
+        out, index=False, compression={"method": "gzip", "compresslevel": 9, "mtime": 0})
+    if file != out:
+        file.unlink()
+    return out
+
+
+if __name__ == "__main__":  # python -m gradsift.handoff <run folders...>: compact their flags for committing
+    import sys
+
+    for arg in sys.argv[1:]:
+        print(compact_flags(arg))
