@@ -120,14 +120,45 @@ def test_parallel_command_line_composes_each_retrain(tmp_path, capsys):
 
 
 def test_compacted_flags_still_drive_the_same_retrain(tmp_path):
-    from gradsift.handoff import compact_flags
+    from gradsift.handoff import compact_flags, read_flag_table
 
     det = pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "det")
     full = pd.read_csv(tmp_path / "det" / "flagged.csv")
     out = compact_flags(tmp_path / "det")
-    assert out.name == "flagged.csv.gz" and not (tmp_path / "det" / "flagged.csv").exists()
-    small = pd.read_csv(out)
+    assert out.name == "flagged.npz" and not (tmp_path / "det" / "flagged.csv").exists()
+    small = read_flag_table(out)
     assert list(small.columns) == ["index", "flagged"] and small["index"].is_monotonic_increasing
-    assert set(small.loc[small.flagged == 1, "index"]) == set(full.loc[full.flagged, "index"])
+    assert sorted(small["index"]) == sorted(full["index"])
+    assert set(small.loc[small.flagged, "index"]) == set(full.loc[full.flagged, "index"])
     res = pipeline.run(_cfg(tmp_path / "b", "scorer=l2", f"retrain_from={tmp_path / 'det'}"), tmp_path / "re")
     assert res["metrics"]["n_trimmed"] == det["metrics"]["n_trimmed"] == int(small.flagged.sum())
+
+
+def test_compact_command_line_names_a_folder_without_flags(tmp_path, capsys):
+    from gradsift.handoff import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "other").mkdir()
+    pd.DataFrame({"index": [0, 1], "flagged": [True, False]}).to_csv(tmp_path / "other" / "flagged.csv", index=False)
+    assert main([str(tmp_path / "run"), str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "run") in err and "flagged.csv" in err
+    assert (tmp_path / "other" / "flagged.npz").exists()  # the folder after the bad one is still compacted
+
+
+def test_compacted_flags_read_back_exactly_for_any_index_set(tmp_path):
+    from gradsift.handoff import compact_flags, read_flag_table
+
+    rng = np.random.default_rng(0)
+    for case, index in enumerate([np.arange(50_000), np.sort(rng.choice(10**9, 777, replace=False)), np.array([5])]):
+        folder = tmp_path / str(case)
+        folder.mkdir()
+        flags = rng.random(len(index)) < 0.05
+        order = rng.permutation(len(index))  # a run writes most detrimental first, not in index order
+        pd.DataFrame({"index": index[order], "score": rng.random(len(index)), "flagged": flags[order]}).to_csv(
+            folder / "flagged.csv.gz", index=False)  # the older committed form is converted too
+        out = compact_flags(folder)
+        assert [p.name for p in folder.iterdir()] == ["flagged.npz"]
+        back = read_flag_table(out)
+        assert np.array_equal(back["index"], index) and np.array_equal(back["flagged"], flags)
+    assert (tmp_path / "0" / "flagged.npz").stat().st_size < 10_000  # 50,000 samples in a few kB

@@ -197,3 +197,18 @@ def test_curves_from_fake_result_files(tmp_path):
     assert csv[0] == "task,method,epoch,mean,std,min,max,n" and len(csv) == 1 + 5 * 3  # SST2: 2 methods + baseline; MRPC: 1 + baseline
     with pytest.raises(ValueError, match="eval_every_epoch"):
         write_curves([tmp_path / "runs" / "4"], tmp_path / "none")
+
+
+def test_curves_keep_cifar_n_label_sets_apart(tmp_path):
+    """worst and aggregate runs of one dataset are two panels, not one mean; a numeric noise is no label set."""
+    for i, (dataset, noise, v) in enumerate([("cifar10n", "worst", 0.6), ("cifar10n", "aggregate", 0.9),
+                                             ("moons", 0.2, 0.8)]):
+        d = tmp_path / "runs" / str(i)
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({
+            "status": "ok", "dataset": dataset, "method": "iForest", "seed": 0, "config": {"data": {"noise": noise}},
+            "metrics": {"test_curve": [v, v], "base_test_curve": [v - 0.1, v - 0.1]}}))
+    stats = curve_stats(load_curves([tmp_path / "runs"]))
+    assert set(stats.task) == {"cifar10n worst", "cifar10n aggregate", "moons"}
+    got = stats[stats.method == "iForest"].set_index("task")["mean"].groupby(level=0).first()
+    assert got.to_dict() == pytest.approx({"cifar10n worst": 0.6, "cifar10n aggregate": 0.9, "moons": 0.8})

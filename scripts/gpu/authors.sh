@@ -27,11 +27,11 @@
 # below; docs/BENCHMARKS.md, "Training throughput"). SPEED=0 runs fp32 eager, as the authors (one training per call).
 # FROM=<folder of a MODE=base sweep> makes the retrains take that detection run's flags (retrain_from=, no base model
 # needed: two retrains fit a call on a cold machine); the default is multirun_summaries/runs/gpu_authors/
-# authors_base_<noise>_s<seed> when it holds flagged.csv(.gz) files (committed from an earlier call); FROM= (empty)
+# authors_base_<noise>_s<seed> when it holds flagged.npz (or flagged.csv) files (committed from an earlier call); FROM= (empty)
 # uses the warm cache instead.
 # Publish: unpack each call's $OUT/results.tgz (every result.json under RUNS so far, and the base sweep's flagged.csv)
 # into multirun_summaries/runs/gpu_authors/ (then python -m gradsift.handoff <each authors_base_* job folder>: the
-# flags as index + 0/1 only, ~110 kB each, so the tree and .gpu/c10 stay under a call's 64 MiB), then python experiments/summarize.py multirun_summaries/runs/gpu_authors
+# flags as sample indices + one bit each, ~4 kB, so the tree and .gpu/c10 stay under a call's 64 MiB), then python experiments/summarize.py multirun_summaries/runs/gpu_authors
 # --table oga.table2_cifar_n_resnet34_authors --accuracy best --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
 # final ... _final). The table (conf/paper/oga.yaml) takes the retrain=true runs only: authors_base_* are
 # detection-only.
@@ -81,7 +81,7 @@ sweep() {  # name overrides... : one Hydra multirun in RUNS, cut at the script's
 # the cached base model (experiments/run.py retrain_from=..., gradsift.handoff): no base model is trained
 # (or, on a warm machine or after MODE=all's base sweep, the base sweep's folder in RUNS)
 DET=multirun_summaries/runs/gpu_authors/authors_base_${NOISE}_s$SEED
-if [ -z "${FROM+x}" ] && [ "$MODE" = retrain ] && [ -n "$(find $DET -name 'flagged.csv*' 2>/dev/null | head -1)" ]; then
+if [ -z "${FROM+x}" ] && [ "$MODE" = retrain ] && [ -n "$(find $DET -name 'flagged.*' 2>/dev/null | head -1)" ]; then
   FROM=$PWD/$DET
 elif [ -z "${FROM+x}" ] && [ "$MODE" != base ]; then
   FROM=$RUNS/authors_base_${NOISE}_s$SEED  # checked below, after MODE=all's base sweep
@@ -107,7 +107,7 @@ case "$MODE" in
     # all: the base model first (as MODE=base), then the retrains of METHODS while time is left, so a cold machine's
     # first call does not spend a whole call on the base model alone
     [ "$MODE" = all ] && sweep authors_base_${NOISE}_s$SEED $A retrain=false +table2_authors=$ALL
-    if [ -n "$FROM" ] && [ -z "$(find $FROM -name 'flagged.csv*' 2>/dev/null | head -1)" ]; then
+    if [ -n "$FROM" ] && [ -z "$(find $FROM -name 'flagged.*' 2>/dev/null | head -1)" ]; then
       echo "no flags in $FROM: the retrains use the cached base model" | tee -a $OUT/progress.txt; FROM=""
     fi
     [ -n "$FROM" ] && echo "retrains take the flags of $FROM" | tee -a $OUT/progress.txt

@@ -32,6 +32,15 @@ TASK_NAMES = {"glue_qnli": "QNLI", "glue_sst2": "SST2", "glue_qqp": "QQP", "glue
               "glue_cola": "CoLA"}
 
 
+def task_name(result: dict) -> str:
+    """A run's panel: its dataset (GLUE names as the papers write them), with the named label set for datasets that
+    have several (CIFAR-N ``data.noise``: ``cifar10n worst`` and ``cifar10n aggregate`` are separate tasks; a numeric
+    ``noise``, e.g. the moons' geometry, is not a label set and is left out)."""
+    task = TASK_NAMES.get(str(result.get("dataset")), str(result.get("dataset")))
+    noise = ((result.get("config") or {}).get("data") or {}).get("noise")
+    return f"{task} {noise}" if isinstance(noise, str) and noise else task
+
+
 def load_curves(inputs: Iterable[Path | str], curve: str = "test_curve",
                 baseline: str | None = "base_test_curve") -> pd.DataFrame:
     """Long frame (task, method, seed, epoch, value) from the finished runs under ``inputs``.
@@ -45,7 +54,7 @@ def load_curves(inputs: Iterable[Path | str], curve: str = "test_curve",
         metrics = r.get("metrics") or {}
         if run.failed or curve not in metrics:
             continue
-        task = TASK_NAMES.get(str(r.get("dataset")), str(r.get("dataset")))
+        task = task_name(r)
         seed = int(r.get("seed", 0))
         rows += [(task, str(r.get("method")), seed, e + 1, float(v)) for e, v in enumerate(metrics[curve])]
         if baseline and baseline in metrics and (task, seed) not in seen_base:
@@ -67,7 +76,7 @@ def load_points(inputs: Iterable[Path | str], x: str, value: str) -> tuple[pd.Da
         v = lookup(r, value)
         if run.failed or not isinstance(v, (int, float)):
             continue
-        task = TASK_NAMES.get(str(r.get("dataset")), str(r.get("dataset")))
+        task = task_name(r)
         key = (task, str(r.get("method")), int(r.get("seed", 0)))
         xv = lookup(r, x)
         if isinstance(xv, (int, float)) and not isinstance(xv, bool):
