@@ -38,8 +38,8 @@
 # Expects (git-ignored): .whl/ (hydra-core, omegaconf, antlr4, cleanlab wheels; `make wheelhouse`) and
 # .gpu/c10/{cifar10-jpeg/cifar10_jpeg.npz, cifar-n/cifar10n_labels.npz} (from ../shared/data).
 # PAR=K (default 1) runs the METHODS' retrains K at a time in one process, each on its own CUDA stream
-# (gradsift.parallel; needs flags, FROM); the per-method sweeps then find them in the cache. Two models on two
-# streams trained at 1.37x one (docs/BENCHMARKS.md); PAR=3 METHODS=l1,l2,tracin is meant to fit one call.
+# (gradsift.parallel; needs flags, FROM); the per-method sweeps then find them in the cache. Measured 2026-12-03:
+# PAR=2, two 100-epoch retrains in 329 s (211 s one alone), the call 387 s (docs/BENCHMARKS.md); PAR=3 not measured.
 # Env: MODE (base | retrain | all = base, then the retrains of METHODS), FROM, PAR, NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
 # LIMIT, RETRAIN_S, CACHE, RUNS, SPEED, EXTRA (appended to every run.py call).
 # CPU dry run (ran before commit, both modes, 2 cores): DEVICE_SETUP=0 PY=.venv/bin/python GRADSIFT_DATA=../shared/data
