@@ -20,7 +20,8 @@ from gradsift import pipeline
 from gradsift.attribution.gradients import PerSampleGradients, select_parameters
 from gradsift.data.augment import Normalize
 from gradsift.models.resnet import resnet34
-from gradsift.summarize import BEST_EPOCH_NOTE, best_epoch_table, load_runs, load_table, summarize, write_summary
+from gradsift.summarize import (BEST_EPOCH_NOTE, CROSS_NOTE, accuracy_table, best_epoch_table, load_runs, load_table,
+                                summarize, write_summary)
 from gradsift.training import with_best_epoch
 from tests.data.test_resident import _dm, fake  # noqa: F401  (fake: the tiny CIFAR folder fixture)
 from tests.test_config import CONF
@@ -32,6 +33,18 @@ def test_best_epoch_is_the_max_of_the_curve_and_the_first_epoch_reaching_it():
     assert got["acc"] == 0.6 and got["best_acc"] == 0.7 and got["best_epoch"] == 2
     assert with_best_epoch({"acc": 0.6}) == {"acc": 0.6}  # no curve: nothing to select
     assert "best_acc" not in with_best_epoch({"loss": 1.0, "curve": [2.0, 1.0]})  # a loss curve is not accuracy
+
+
+def test_cross_selected_accuracy_chooses_on_one_half_and_reads_the_other():
+    # epoch 2 is best on the even half (0.9), epoch 3 on the odd half (0.8): each is read on the other half
+    halves = [[0.5, 0.5], [0.9, 0.6], [0.7, 0.8], [0.6, 0.6]]
+    got = with_best_epoch({"acc": 0.6, "curve": [sum(h) / 2 for h in halves], "curve_halves": halves})
+    assert got["cross_epochs"] == [2, 3]
+    assert got["cross_acc"] == pytest.approx((0.6 + 0.7) / 2)  # odd half at epoch 2, even half at epoch 3
+    assert got["best_acc"] == pytest.approx(0.75) and got["best_epoch"] == 2  # the test-selected max is higher
+    assert "cross_acc" not in with_best_epoch({"acc": 0.6, "curve": [0.5, 0.6]})  # no halves recorded
+    empty_half = [[0.5, float("nan")], [0.6, float("nan")]]  # all test indices even: no odd half to choose on
+    assert "cross_acc" not in with_best_epoch({"acc": 0.6, "curve": [0.5, 0.6], "curve_halves": empty_half})
 
 
 def _result(method: str, noise: str, seed: int, final: float, best: float, base_final: float, base_best: float,
@@ -65,6 +78,23 @@ def test_summary_shows_final_or_best_epoch_accuracy_and_marks_best_as_selected_o
     assert "SELECTED ON THE TEST SET" in md and "--accuracy best" in md
     with pytest.raises(ValueError, match="accuracy"):
         write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out2", accuracy="median")
+
+
+def test_summary_of_cross_selected_accuracy_reads_cross_acc_and_says_how_it_was_chosen(tmp_path):
+    for i, (method, kind, cross, base_cross) in enumerate([("Outlier Gradient (L2)", "fraction", 0.815, 0.805),
+                                                          ("Outlier Gradient (iForest)", "detector", 0.825, 0.805)]):
+        r = _result(method, "worst", 0, 0.80, 0.83, 0.79, 0.82, kind)
+        r["metrics"].update(test_cross_acc=cross, base_test_cross_acc=base_cross)
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(r))
+    cross = accuracy_table(load_table("oga.table2_cifar_n_resnet34_authors"), "cross")
+    assert cross.value.paths == ("metrics.test_cross_acc",) and CROSS_NOTE in cross.caption
+    cells = summarize(load_runs([tmp_path]), cross).cells[""]
+    assert cells["Outlier Gradient (L2)"]["c10n_worst"].mean == pytest.approx(81.5)
+    assert cells["Outlier Gradient (iForest)"]["c10n_worst"].mean == pytest.approx(82.5)
+    assert cells["Cross Entropy"]["c10n_worst"].mean == pytest.approx(80.5)
+    _, md = write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out", accuracy="cross")
+    assert "--accuracy cross" in md and "other half" in md
 
 
 # ---------------------------------------------------------------------------------------------- shuffling

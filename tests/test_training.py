@@ -15,6 +15,20 @@ def test_fit_and_evaluate_is_seeded_and_records_a_curve_per_epoch(tmp_path):
     model, metrics, seconds = training.fit_and_evaluate(cfg, dm)
     assert {"acc", "loss", "curve"} <= set(metrics) and len(metrics["curve"]) == 3 and seconds > 0
     assert metrics["curve"][-1] == pytest.approx(metrics["acc"], abs=1e-6)  # the final model, as trainer.test
+    # the even / odd index halves, counted by hand from the final model's predictions
+    index = torch.as_tensor(dm.test_set.index if hasattr(dm.test_set, "index") else range(len(dm.test_set)))
+    assert len(metrics["curve_halves"]) == 3 and "cross_acc" in metrics and len(metrics["cross_epochs"]) == 2
+    model.eval()
+    right = {0: [], 1: []}
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            ok = model.logits(batch).argmax(-1) == batch.get("clean_label", batch["label"])
+            for i, k in zip(torch.as_tensor(batch["index"]).tolist(), ok.tolist()):
+                right[i % 2].append(k)
+    assert metrics["curve_halves"][-1] == pytest.approx([sum(right[0]) / len(right[0]), sum(right[1]) / len(right[1])])
+    n_even = int((index % 2 == 0).sum())
+    mean = (metrics["curve_halves"][-1][0] * n_even + metrics["curve_halves"][-1][1] * (len(index) - n_even)) / len(index)
+    assert mean == pytest.approx(metrics["curve"][-1])  # the halves make up the whole split
     again, same, _ = training.fit_and_evaluate(cfg, dm)
     assert same == metrics
     torch.save(model.state_dict(), tmp_path / "model.pt")

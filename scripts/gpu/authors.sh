@@ -33,7 +33,8 @@
 # into multirun_summaries/runs/gpu_authors/ (then python -m gradsift.handoff <each authors_base_* job folder>: the
 # flags as sample indices + one bit each, ~4 kB, so the tree and .gpu/c10 stay under a call's 64 MiB), then python experiments/summarize.py multirun_summaries/runs/gpu_authors
 # --table oga.table2_cifar_n_resnet34_authors --accuracy best --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
-# final ... _final). The table (conf/paper/oga.yaml) takes the retrain=true runs only: authors_base_* are
+# final ... _final, --accuracy cross ... _cross for the runs that record test_cross_acc: code after 2026-12-03).
+# The table (conf/paper/oga.yaml) takes the retrain=true runs only: authors_base_* are
 # detection-only.
 # Expects (git-ignored): .whl/ (hydra-core, omegaconf, antlr4, cleanlab wheels; `make wheelhouse`) and
 # .gpu/c10/{cifar10-jpeg/cifar10_jpeg.npz, cifar-n/cifar10n_labels.npz} (from ../shared/data).
@@ -132,7 +133,8 @@ for p in sorted(pathlib.Path(sys.argv[1]).rglob("result.json")):
     r = json.loads(p.read_text()); m = r.get("metrics", {})
     f = lambda k: f"{m[k]:.4f}" if isinstance(m.get(k), float) else "-"
     print(f"{r.get('status')} {r.get('method')} | {r.get('config', {}).get('data', {}).get('noise')} s{r.get('seed')} | "
-          f"base {f('base_test_acc')} best {f('base_test_best_acc')} | retrained {f('test_acc')} best {f('test_best_acc')} | "
+          f"base {f('base_test_acc')} best {f('base_test_best_acc')} cross {f('base_test_cross_acc')} | "
+          f"retrained {f('test_acc')} best {f('test_best_acc')} cross {f('test_cross_acc')} | "
           f"trimmed {m.get('n_trimmed')} precision {f('precision')} auc {f('detection_auc')}")
 EOF
 grep -h "Error" $RUNS/*.log 2>/dev/null | sort | uniq -c | head -20 >> $OUT/progress.txt

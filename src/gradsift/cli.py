@@ -85,7 +85,8 @@ def summarize(argv: list[str] | None = None) -> None:
     parser.add_argument("--accuracy", choices=ACCURACIES, default="final",
                         help="final: the last epoch's test accuracy; best: the best epoch's (runs with "
                              "eval_every_epoch=true), SELECTED ON THE TEST SET as the OGA authors' np.max, and "
-                             "marked so in the caption")
+                             "marked so in the caption; cross: the epoch chosen on one half of the test images and "
+                             "read on the other, both ways averaged (early stopping without test-set selection)")
     args = parser.parse_args(argv)
     try:
         _, md = write_summary(args.inputs, args.table, args.out, args.papers, force=args.force, pool=args.pool,

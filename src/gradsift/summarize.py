@@ -786,11 +786,17 @@ def to_png(s: Summary, path: Path | str) -> None:
     save_figure(fig, path, dpi=100, reproducible=True)
 
 
-ACCURACIES = ("final", "best")
+ACCURACIES = ("final", "best", "cross")
 #: appended to the caption of a table whose accuracies are best-epoch ones (``--accuracy best``)
 BEST_EPOCH_NOTE = ("Ours: best-epoch test accuracy (the max of the per-epoch test curve, base and retrained model "
                    "alike, as the OGA authors' np.max in cifar-10-100n/OD-experiment.py): the epoch is SELECTED ON "
                    "THE TEST SET, an optimistic estimate; --accuracy final gives the last epoch's.")
+#: appended to the caption of a table of cross-selected accuracies (``--accuracy cross``)
+CROSS_NOTE = ("Ours: early stopping without test-set selection (cross_acc): the epoch is chosen on one half of the "
+              "test images (even / odd index) and its accuracy read on the other half, both ways, averaged; no image "
+              "both chooses the epoch and measures it. --accuracy best gives the authors' test-selected max.")
+#: per --accuracy: (the metric suffix replacing ``test_acc``, the caption note)
+_ACCURACY_FIELDS = {"best": ("test_best_acc", BEST_EPOCH_NOTE), "cross": ("test_cross_acc", CROSS_NOTE)}
 
 
 def best_epoch_table(table: PaperTable) -> PaperTable:
@@ -801,22 +807,38 @@ def best_epoch_table(table: PaperTable) -> PaperTable:
     Raises:
         ValueError: when no field of the table reads a test accuracy.
     """
+    return accuracy_table(table, "best")
+
+
+def accuracy_table(table: PaperTable, accuracy: str) -> PaperTable:
+    """``table`` reading another accuracy of the same runs: ``best`` (:func:`best_epoch_table`) or ``cross``
+    (``test_cross_acc`` / ``base_test_cross_acc``: the epoch chosen on one half of the test set and read on the
+    other, :func:`gradsift.training.with_best_epoch`); ``final`` returns ``table`` itself.
+
+    Raises:
+        ValueError: an unknown ``accuracy``, or no field of the table reads a test accuracy.
+    """
+    if accuracy == "final":
+        return table
+    if accuracy not in _ACCURACY_FIELDS:
+        raise ValueError(f"--accuracy {accuracy!r}; expected one of {ACCURACIES}")
+    field, note = _ACCURACY_FIELDS[accuracy]
     changed = []
 
-    def best(spec: FieldSpec | None) -> FieldSpec | None:
+    def swap(spec: FieldSpec | None) -> FieldSpec | None:
         if spec is None:
             return None
-        paths = tuple(p[: -len("test_acc")] + "test_best_acc" if p.endswith("test_acc") else p for p in spec.paths)
+        paths = tuple(p[: -len("test_acc")] + field if p.endswith("test_acc") else p for p in spec.paths)
         changed.extend(p for p, q in zip(spec.paths, paths) if p != q)
         return replace(spec, paths=paths)
 
-    out = replace(table, value=best(table.value),
-                  columns_map={c: best(f) for c, f in table.columns_map.items()} if table.columns_map else None,
-                  baseline_rows={r: {c: best(f) for c, f in cols.items()} for r, cols in table.baseline_rows.items()},
-                  caption=f"{table.caption} {BEST_EPOCH_NOTE}".strip())
+    out = replace(table, value=swap(table.value),
+                  columns_map={c: swap(f) for c, f in table.columns_map.items()} if table.columns_map else None,
+                  baseline_rows={r: {c: swap(f) for c, f in cols.items()} for r, cols in table.baseline_rows.items()},
+                  caption=f"{table.caption} {note}".strip())
     if not changed:
-        raise ValueError(f"--accuracy best: table {table.key} reads no *test_acc field, so it has no best-epoch "
-                         "accuracy to show")
+        raise ValueError(f"--accuracy {accuracy}: table {table.key} reads no *test_acc field, so it has no "
+                         f"{'best-epoch' if accuracy == 'best' else 'cross-selected'} accuracy to show")
     return out
 
 
@@ -893,8 +915,9 @@ def write_summary(inputs: Sequence[Path | str], table_key: str | None, out: Path
         force: replace an existing summary even where it has finished cells the new one lacks.
         provenance: add the volatile lines (machines, newest result time); for a sweep's own folder.
         pool: config keys whose differences may share a cell (see :func:`summarize`).
-        accuracy: ``final`` (the last epoch's test accuracy, the default) or ``best`` (the best epoch's, selected
-            on the test set: :func:`best_epoch_table`).
+        accuracy: ``final`` (the last epoch's test accuracy, the default), ``best`` (the best epoch's, selected
+            on the test set: :func:`best_epoch_table`) or ``cross`` (the epoch chosen on one half of the test set,
+            read on the other: :func:`accuracy_table`).
 
     Returns:
         The summary and its markdown.
@@ -907,8 +930,7 @@ def write_summary(inputs: Sequence[Path | str], table_key: str | None, out: Path
         raise ValueError(f"--accuracy {accuracy!r}; expected one of {ACCURACIES}")
     runs = load_runs(inputs)
     table = load_table(table_key, paper_dir) if table_key else ours_table(runs)
-    if accuracy == "best":
-        table = best_epoch_table(table)
+    table = accuracy_table(table, accuracy)
     summary = summarize(runs, table, regenerate_command(inputs, table_key, out, pool, accuracy), pool)
     stem = output_stem(out)
     if not force:
