@@ -162,3 +162,30 @@ def test_compacted_flags_read_back_exactly_for_any_index_set(tmp_path):
         back = read_flag_table(out)
         assert np.array_equal(back["index"], index) and np.array_equal(back["flagged"], flags)
     assert (tmp_path / "0" / "flagged.npz").stat().st_size < 10_000  # 50,000 samples in a few kB
+
+
+def test_committed_authors_flags_still_stand_in_for_the_preset(tmp_path):
+    """The next GPU calls retrain from the committed detection runs (`authors.sh MODE=retrain`, `retrain_from=`):
+    a change to the authors' preset, or to any default in its data/model/trainer/scoring sections, would make every
+    such call refuse them on the device. Compose each committed run's config as authors.sh does and match it here."""
+    import re
+    from pathlib import Path
+
+    from gradsift import handoff
+    from tests.test_config import _compose
+
+    root = Path(__file__).resolve().parents[1] / "multirun_summaries" / "runs" / "gpu_authors"
+    jobs = sorted(p.parent for p in root.glob("authors_base_*/*/flagged.npz"))
+    if not jobs:
+        pytest.skip(f"no committed flags under {root}")
+    speed = ["trainer.precision=bf16-mixed", "model.cuda_graph=true", "model.optimizer.fused=true", "data.device=cuda",
+             "fill_uninitialized_memory=false"]  # authors.sh SPEED_ARGS
+    for job in jobs:
+        rec = json.loads((job / "result.json").read_text())
+        method = re.match(r"\d+_\+table2_authors=([a-z_0-9]+),", job.name).group(1)
+        cfg = _compose(["experiment=table2_cifar10n_authors", "data.source=jpeg", f"data.noise={rec['config']['data']['noise']}",
+                        f"seed={rec['seed']}", "trainer.enable_progress_bar=false", "torch_threads=4", "gallery=0",
+                        f"paths.cache_dir={tmp_path}", *speed, f"+table2_authors={method}",
+                        f"retrain_from={job.parent}"], hydra_runtime=tmp_path)
+        found, _ = handoff.find_detection_run(cfg, job.parent)
+        assert found == job, f"{job.parent.name} / {method}: matched {found.name}"
