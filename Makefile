@@ -6,7 +6,10 @@ STAMP   := $(VENV)/.installed
 export HYDRA_FULL_ERROR = 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup test test-all run table1 table1-authors table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients bench-training tables wheelhouse fetch-mpnet export-mpnet clean help
+PEER_TESTS := tests/scoring/test_kfac.py tests/scoring/test_trak.py tests/scoring/test_tracin.py tests/scoring/test_lds.py \
+              tests/attribution/test_dattri_parity.py tests/attribution/test_store.py
+
+.PHONY: setup test test-all test-peers run table1 table1-authors table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients bench-training tables wheelhouse fetch-mpnet export-mpnet clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' 
@@ -22,6 +25,13 @@ setup: $(STAMP)  ## create .venv and install gradsift (idempotent)
 
 test: setup  ## fast test suite (slow and GPU tests are deselected)
 	$(BIN)/python -m pytest -q
+
+test-peers: setup  ## the reference tests against kronfluence / traker / dattri, with those installed (no skips allowed)
+	$(BIN)/pip install -q --no-deps kronfluence==1.0.1 traker==0.3.2 dattri==0.3.0
+	$(BIN)/pip install -q einops einconv opt-einsum
+	@$(BIN)/python -m pytest -q -rs -p no:cacheprovider $(PEER_TESTS) > $(VENV)/peer-tests.log 2>&1; rc=$$?; \
+	  cat $(VENV)/peer-tests.log; [ $$rc -eq 0 ] || exit $$rc; \
+	  if grep -q "^SKIPPED" $(VENV)/peer-tests.log; then echo "test-peers: a reference test skipped (above)"; exit 1; fi
 
 test-all: setup  ## every CPU test, the slow ones too
 	$(BIN)/python -m pytest -q -m "not gpu"
