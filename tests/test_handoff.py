@@ -6,8 +6,10 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from gradsift import pipeline, training
+from tests.data.test_resident import _dm, fake  # noqa: F401  (fake: the tiny CIFAR folder fixture)
 from tests.test_pipeline import _cfg
 
 
@@ -189,3 +191,54 @@ def test_committed_authors_flags_still_stand_in_for_the_preset(tmp_path):
                         f"retrain_from={job.parent}"], hydra_runtime=tmp_path)
         found, _ = handoff.find_detection_run(cfg, job.parent)
         assert found == job, f"{job.parent.name} / {method}: matched {found.name}"
+
+
+def test_parallel_refuses_a_model_with_active_dropout_unless_told(tmp_path):
+    """Dropout draws from the one generator the threads share: such retrains would not equal those alone."""
+    from omegaconf import open_dict
+
+    from gradsift import parallel
+
+    pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false", "model=torch_module"), tmp_path / "det")
+
+    def cfg(p: float):
+        c = _cfg(tmp_path, "scorer=l2", "model=torch_module", f"retrain_from={tmp_path / 'det'}")
+        with open_dict(c):
+            c.model.module._args_.insert(1, {"_target_": "torch.nn.Dropout", "p": p})
+        return c
+
+    assert parallel.random_layers(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5),
+                                                      torch.nn.Dropout(0.0))) == ["1 (p=0.5)"]
+    with pytest.raises(ValueError, match=r"active dropout: net\.1 \(p=0\.5\).*--workers 1"):
+        parallel.retrain_parallel([cfg(0.5), cfg(0.5)], workers=2)
+    # no dropout drawn (p = 0), one worker, or told to: not refused (the flags' config differs here, so each
+    # outcome is the error the sweep would also get, not a refusal)
+    for cfgs, workers, allow in (([cfg(0.0), cfg(0.0)], 2, False), ([cfg(0.5), cfg(0.5)], 1, False),
+                                 ([cfg(0.5), cfg(0.5)], 2, True)):
+        try:
+            parallel.retrain_parallel(cfgs, workers=workers, allow_random_layers=allow)
+        except ValueError as err:
+            assert "active dropout" not in str(err)
+
+
+def test_loaders_draw_nothing_from_the_global_rng(tmp_path, fake):  # noqa: F811
+    """A DataLoader without a generator draws its iterator's base seed from the global RNG, even unshuffled: a test
+    pass in one thread then moved the weight init of a retrain in another (gradsift.parallel under load gave epoch-1
+    accuracy 0.775 where the same retrain alone gave 0.9) and every later dropout draw of a run."""
+    from hydra.utils import instantiate
+
+    from gradsift.attribution.distributed import rank_loader
+
+    dm = instantiate(_cfg(tmp_path).data)
+    dm.setup()
+    cifar = _dm(fake, device="cpu")
+    loaders = [dm.train_dataloader(), dm.test_dataloader(), dm.attribution_dataloader("train"),
+               cifar.train_dataloader(), cifar.test_dataloader(), cifar.attribution_dataloader("train"),
+               rank_loader(dm.test_dataloader(), 0, 2)]
+    expected = torch.rand(3, generator=torch.Generator().manual_seed(0))  # the global stream's next draws, untouched
+    for i, loader in enumerate(loaders):
+        torch.manual_seed(0)
+        for _ in range(2):  # two epochs: each iterator is a new draw for a loader without a generator
+            for _ in loader:
+                pass
+        assert torch.equal(torch.rand(3), expected), f"loader {i} drew from the global RNG"

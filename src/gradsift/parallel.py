@@ -8,7 +8,9 @@ that makes its own stream current; the sweep that follows finds every retrain in
 ``result.json``. Weights are initialised one fit at a time (``gradsift.training``), each CUDA graph is captured on
 its training's own stream in CUDA's thread-local capture mode, one capture at a time; the data order and
 augmentation come from each datamodule's seeded generators. So a retrain here gives what it gives alone, for models
-without random layers (dropout draws from the device's one global generator, shared by the threads).
+without random layers: dropout draws from the device's one global generator, shared by the threads, so with more
+than one worker a model with active dropout is refused (:func:`random_layers`; ``--allow-random-layers`` runs it
+anyway, its results then differing from a retrain alone and from run to run).
 
     python -m gradsift.parallel --workers 3 --each +table2_authors=l1 --each +table2_authors=l2 \\
         --each +table2_authors=tracin -- experiment=table2_cifar10n_authors ... retrain_from=<detection sweep>
@@ -37,22 +39,66 @@ from gradsift import CONFIG_DIR, artifacts, handoff
 log = logging.getLogger(__name__)
 
 
-def retrain_parallel(cfgs: list[DictConfig], workers: int) -> list[dict]:
+#: modules whose forward in training mode draws from the global random generator
+_RANDOM_LAYERS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
+                  torch.nn.FeatureAlphaDropout)
+
+
+def random_layers(module: torch.nn.Module) -> list[str]:
+    """``"<name> (p=...)"`` for every dropout layer of ``module`` with ``p > 0``: layers whose training draws come
+    from the global generator that threads share, so that trainings in threads do not give what each gives alone."""
+    return [f"{name or type(m).__name__} (p={m.p:g})" for name, m in module.named_modules()
+            if isinstance(m, _RANDOM_LAYERS) and m.p > 0]
+
+
+def _check_no_random_layers(cfgs: list[DictConfig]) -> None:
+    seen = set()
+    for i, cfg in enumerate(cfgs):
+        key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        with torch.device("meta"):  # only the layer list is wanted: no memory, no weights read where avoidable
+            try:
+                model = instantiate(cfg.model)
+            except Exception:  # a model that cannot be built on the meta device (e.g. one loading weights)
+                model = None
+        if model is None:
+            model = instantiate(cfg.model)
+        found = random_layers(model)
+        del model
+        if found:
+            raise ValueError(
+                f"config {i}: model ({cfg.model.get('_target_')}) has active dropout: {', '.join(found[:5])}"
+                f"{' ...' if len(found) > 5 else ''}. Its draws come from one generator that the threads share, so "
+                "retrains here would not give what each gives alone (nor the same twice). Use --workers 1, set the "
+                "model's dropout to 0, or pass --allow-random-layers to accept that.")
+
+
+def retrain_parallel(cfgs: list[DictConfig], workers: int, allow_random_layers: bool = False) -> list[dict]:
     """Retrain each ``retrain_from`` config on what its detection run flagged, ``workers`` at a time.
 
     Args:
         cfgs: run configs with ``retrain_from`` set (one per method of a sweep).
         workers: trainings at a time (threads; on CUDA each on its own stream).
+        allow_random_layers: run models with active dropout in more than one thread anyway (refused otherwise:
+            :func:`random_layers`).
 
     Returns:
         One dict per config, in order: ``method``, ``n_kept``, ``seconds``, ``cache_hit``, ``test`` (the metrics) or
         ``error``.
+
+    Raises:
+        ValueError: ``workers`` < 1, a config without ``retrain_from``, or (``workers`` > 1, not
+            ``allow_random_layers``) a model with active dropout.
     """
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, not {workers}")
     for i, cfg in enumerate(cfgs):
         if not cfg.get("retrain_from"):
             raise ValueError(f"config {i} has no retrain_from: gradsift.parallel retrains the flags of detection runs")
+    if workers > 1 and len(cfgs) > 1 and not allow_random_layers:
+        _check_no_random_layers(cfgs)
     datamodules: dict[str, object] = {}  # one set-up datamodule per distinct data section
     jobs = []
     for cfg in cfgs:
@@ -91,13 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--each", action="append", default=[], metavar="OVERRIDES",
                    help="the overrides of one retrain (space-separated), e.g. +table2_authors=l1; repeat per retrain")
     p.add_argument("--out", type=Path, help="write the outcomes as JSON here")
+    p.add_argument("--allow-random-layers", action="store_true",
+                   help="train models with active dropout in several threads anyway (their draws interleave, so the "
+                        "results differ from a retrain alone)")
     p.add_argument("overrides", nargs="*", help="overrides shared by every retrain (retrain_from=... among them)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfgs = [compose("config", overrides=[*args.overrides, *each.split()]) for each in (args.each or [""])]
     t0 = time.perf_counter()
-    outcomes = retrain_parallel(cfgs, args.workers)
+    try:
+        outcomes = retrain_parallel(cfgs, args.workers, allow_random_layers=args.allow_random_layers)
+    except ValueError as err:
+        p.exit(2, f"error: {err}\n")
     wall = time.perf_counter() - t0
     for o in outcomes:
         print(f"{o['method']}: {'failed: ' + o['error'] if 'error' in o else ('cached' if o['cache_hit'] else 'trained')}"

@@ -58,7 +58,7 @@ def rank_loader(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
         raise ValueError("distributed gathering needs a DataLoader with a batch_size (not a custom batch_sampler)")
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=RankSlice(len(loader.dataset), rank, world_size),
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                      drop_last=False)
+                      drop_last=False, generator=torch.Generator())  # iterating draws nothing from the global RNG
 
 
 def _dist_barrier() -> None:

@@ -160,9 +160,12 @@ class NoisyLabelDataModule(pl.LightningDataModule):
     def _loader(self, ds: Dataset | None, shuffle: bool, batch_size: int) -> DataLoader | None:
         if ds is None:
             return None
+        # a generator also when unshuffled: an iterator of a loader without one draws its base seed from the global
+        # RNG, which would move the weight init of a training in another thread (gradsift.parallel) and every
+        # dropout draw after a test pass
         gen = torch.Generator().manual_seed(self.seed)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=self.collate, generator=gen if shuffle else None,
+                          collate_fn=self.collate, generator=gen,
                           persistent_workers=self.num_workers > 0)
 
     def collate(self, items: list[dict] | dict) -> dict:

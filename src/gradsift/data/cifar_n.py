@@ -448,7 +448,7 @@ class CIFARNDataModule(NoisyLabelDataModule):
         collate = _Collate(Normalize(self.mean, self.std), self.augment if augment else None,
                            torch.Generator().manual_seed(self.seed + augment_seed) if augment and self.augment else None)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate, generator=gen if shuffle else None,
+                          collate_fn=collate, generator=gen,  # also unshuffled: see NoisyLabelDataModule._loader
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader | ResidentBatches:

@@ -52,8 +52,10 @@ class ResidentBatches:
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.normalize, self.augment, self.aug_generator = normalize, augment, aug_generator
         self.device = dataset.columns["x"].device
+        # a generator also when unshuffled, so that iterating never draws from the global RNG
         self._positions = DataLoader(_Positions(len(dataset)), batch_size=batch_size, shuffle=shuffle,
-                                     generator=generator if shuffle else None, collate_fn=_keep)
+                                     generator=generator if shuffle else torch.Generator(),
+                                     collate_fn=_keep)
         self._index = torch.as_tensor(dataset.index, dtype=torch.long).to(self.device)
 
     def __len__(self) -> int:
