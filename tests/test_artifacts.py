@@ -47,3 +47,19 @@ def test_reference_gradients_are_stored_only_for_a_split_other_than_train(tmp_pa
     assert sorted(p.name for p in entry.rglob("grads_*.npz")) == ["grads_reference.npz", "grads_train.npz",
                                                                  "grads_train.npz"]
     np.testing.assert_array_equal(test.inputs.train.grads, own.inputs.train.grads)
+
+
+def test_cache_keys_do_not_depend_on_where_things_live(tmp_path):
+    """A cache copied to another machine (another data folder, cache folder, loader workers, progress bar) is found
+    again; what the model computes still keys it."""
+    from tests.test_config import _compose
+
+    def keys(*extra):
+        cfg = _compose(["experiment=table2_cifar10n_authors", f"paths.cache_dir={tmp_path}", *extra], hydra_runtime=tmp_path)
+        return artifacts.model_key(cfg), artifacts.config_hash(cfg, artifacts._base_keys(cfg), locations=False)
+
+    here = keys()
+    assert keys(f"paths.cache_dir={tmp_path / 'elsewhere'}", "data.num_workers=7", "trainer.enable_progress_bar=false",
+                f"paths.data_dir={tmp_path / 'data'}") == here
+    assert keys("data.noise=worst")[0] != here[0] and keys("seed=3")[0] != here[0]
+    assert keys("gradients=last_layer")[0] == here[0] and keys("gradients=last_layer")[1] != here[1]

@@ -139,8 +139,9 @@ def trained_model(cfg: DictConfig, datamodule: NoisyLabelDataModule) -> tuple[Pa
 def model_key(cfg: DictConfig) -> str:
     """The base model's cache key: the hash of the config sections that determine it (``MODEL_KEYS``), and of
     ``attribution.checkpoints`` when it asks for saved checkpoints (they change what the entry holds, not the model).
+    Where data and caches live, loader workers and progress bars (``cache.LOCATION_KEYS``) are not part of it.
     """
-    key = config_hash(cfg, _model_keys(cfg))
+    key = config_hash(cfg, _model_keys(cfg), locations=False)
     epochs = checkpoint_epochs(cfg)
     return config_hash({"model": key, "checkpoints": epochs}) if epochs else key
 
@@ -180,7 +181,7 @@ def base_artifacts(cfg: DictConfig, datamodule: NoisyLabelDataModule, hessian: b
         The gradients as scorer inputs, with the cache keys and the base model's facts.
     """
     cache = ArtifactCache(cfg.paths.cache_dir, enabled=cfg.cache)
-    key = config_hash(cfg, _base_keys(cfg))
+    key = config_hash(cfg, _base_keys(cfg), locations=False)
     model_dir, model_meta, model_hit = trained_model(cfg, datamodule)
     attributor = build_attributor(cfg, probs=True)
 

@@ -137,11 +137,29 @@ def _identity(entry: Path) -> tuple[int, int] | None:
     return st.st_ino, st.st_mtime_ns
 
 
-def config_hash(cfg: DictConfig | dict, keys: list[str] | None = None) -> str:
-    """Stable short hash of the resolved config (or of the listed top-level ``keys`` of it)."""
+#: keys at any depth that say where things are read or kept, or how a run shows progress, not what it computes:
+#: left out of the cache keys (:func:`config_hash` ``locations=False``) and of ``retrain_from``'s comparison
+LOCATION_KEYS = frozenset({"cache_dir", "data_dir", "root_dir", "default_root_dir", "download", "num_workers",
+                           "enable_progress_bar"})
+
+
+def without_locations(value):
+    """``value`` with every :data:`LOCATION_KEYS` entry of its dicts removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_locations(v) for k, v in value.items() if k not in LOCATION_KEYS}
+    if isinstance(value, list):
+        return [without_locations(v) for v in value]
+    return value
+
+
+def config_hash(cfg: DictConfig | dict, keys: list[str] | None = None, locations: bool = True) -> str:
+    """Stable short hash of the resolved config (or of the listed top-level ``keys`` of it); ``locations=False``
+    leaves :data:`LOCATION_KEYS` out, so that a cache entry is found again from another folder or machine."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     if keys is not None:
         data = {k: data.get(k) for k in keys}
+    if not locations:
+        data = without_locations(data)
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

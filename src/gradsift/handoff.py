@@ -20,16 +20,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from gradsift.artifacts import MODEL_KEYS
+from gradsift.cache import LOCATION_KEYS, without_locations  # noqa: F401  (LOCATION_KEYS: re-exported)
 
 log = logging.getLogger(__name__)
 
 #: the config sections that decide what a run flags: the base model's (``MODEL_KEYS``), the gradients' and the
 #: scoring's; a detection run can stand in for this run's scoring only when all of them are equal
 FLAG_KEYS = [*MODEL_KEYS, "gradients", "compressor", "attribution", "scorer", "trim"]
-#: keys at any depth that say where things are read or kept, or how a run shows progress, not what it computes: a
-#: detection run on another machine (another cache or data folder) still stands in for this run's scoring
-LOCATION_KEYS = frozenset({"cache_dir", "data_dir", "root_dir", "default_root_dir", "download", "num_workers",
-                           "enable_progress_bar"})
 #: the files a detection run's flags may be in, first found wins (``flagged.npz``: as committed under
 #: ``multirun_summaries``, :func:`compact_flags`; ``flagged.csv.gz``: the older committed form)
 FLAGGED_FILES = ("flagged.csv", "flagged.npz", "flagged.csv.gz")
@@ -43,7 +40,7 @@ def differing_sections(cfg: DictConfig, recorded: dict) -> list[str]:
     here = OmegaConf.to_container(cfg, resolve=True)
     out = []
     for key in FLAG_KEYS:
-        a, b = _without_locations(here.get(key)), _without_locations(recorded.get(key))
+        a, b = without_locations(here.get(key)), without_locations(recorded.get(key))
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
@@ -51,12 +48,6 @@ def differing_sections(cfg: DictConfig, recorded: dict) -> list[str]:
         else:
             out.append(key)
     return out
-
-
-def _without_locations(value):
-    if isinstance(value, dict):
-        return {k: _without_locations(v) for k, v in value.items() if k not in LOCATION_KEYS}
-    return value
 
 
 def find_detection_run(cfg: DictConfig, path: str | Path) -> tuple[Path, dict]:
