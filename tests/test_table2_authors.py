@@ -21,7 +21,7 @@ from gradsift.attribution.gradients import PerSampleGradients, select_parameters
 from gradsift.data.augment import Normalize
 from gradsift.models.resnet import resnet34
 from gradsift.summarize import (BEST_EPOCH_NOTE, CROSS_NOTE, accuracy_table, best_epoch_table, load_runs, load_table,
-                                summarize, write_summary)
+                                paired_gains, summarize, write_summary)
 from gradsift.training import with_best_epoch
 from tests.data.test_resident import _dm, fake  # noqa: F401  (fake: the tiny CIFAR folder fixture)
 from tests.test_config import CONF
@@ -204,3 +204,24 @@ def test_preset_runs_end_to_end_on_cpu_with_best_epoch_accuracy(tmp_path, shared
         assert m[f"{prefix}best_acc"] == max(m[f"{prefix}curve"])
         assert m[f"{prefix}acc"] == pytest.approx(m[f"{prefix}curve"][-1])  # the final epoch
     assert res["selection"] == "detector" and 0 < m["n_trimmed"] < 20
+
+
+def test_paired_gains_subtract_the_untrimmed_model_of_the_same_seed(tmp_path):
+    runs = [_result("Outlier Gradient (L2)", "worst", 0, 0.80, 0.83, 0.79, 0.82),
+            _result("Outlier Gradient (L2)", "worst", 1, 0.70, 0.81, 0.75, 0.80),  # behind at seed 1
+            _result("Outlier Gradient (iForest)", "worst", 0, 0.81, 0.84, 0.79, 0.82, "detector")]
+    for i, r in enumerate(runs):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(r))
+    s = summarize(load_runs([tmp_path]), load_table("oga.table2_cifar_n_resnet34_authors"))
+    gains = paired_gains(s)[""]
+    l2, paper = gains["Outlier Gradient (L2)"]["c10n_worst"]
+    assert l2 == pytest.approx({"0": 1.0, "1": -5.0}) and paper == pytest.approx(82.99 - 82.27)
+    assert gains["Outlier Gradient (iForest)"]["c10n_worst"][0] == pytest.approx({"0": 2.0})  # only its seed
+    assert "Cross Entropy" not in gains
+    _, md = write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out", paired=True)
+    line = next(x for x in md.splitlines() if x.startswith("| Outlier Gradient (L2) |") and "ahead" not in x
+                and "(+1.00, -5.00)" in x)
+    assert "-2.00 (+1.00, -5.00) | 1/2" in line and "--paired" in md
+    _, plain = write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out2")
+    assert "Paired gain" not in plain  # opt-in: the committed summaries without it stay as they are

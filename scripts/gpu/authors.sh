@@ -32,7 +32,7 @@
 # Publish: unpack each call's $OUT/results.tgz (every result.json under RUNS so far, and the base sweep's flagged.csv)
 # into multirun_summaries/runs/gpu_authors/ (then python -m gradsift.handoff <each authors_base_* job folder>: the
 # flags as sample indices + one bit each, ~4 kB, so the tree and .gpu/c10 stay under a call's 64 MiB), then python experiments/summarize.py multirun_summaries/runs/gpu_authors
-# --table oga.table2_cifar_n_resnet34_authors --accuracy best --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
+# --table oga.table2_cifar_n_resnet34_authors --accuracy best --paired --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
 # final ... _final, --accuracy cross ... _cross for the runs that record test_cross_acc: code after 2026-12-03).
 # The table (conf/paper/oga.yaml) takes the retrain=true runs only: authors_base_* are
 # detection-only.

@@ -87,10 +87,13 @@ def summarize(argv: list[str] | None = None) -> None:
                              "eval_every_epoch=true), SELECTED ON THE TEST SET as the OGA authors' np.max, and "
                              "marked so in the caption; cross: the epoch chosen on one half of the test images and "
                              "read on the other, both ways averaged (early stopping without test-set selection)")
+    parser.add_argument("--paired", action="store_true",
+                        help="append each row's per-seed gain over the table's baseline row (e.g. Cross Entropy, the "
+                             "untrimmed model of the same seed), the paper's gain and at how many seeds it is ahead")
     args = parser.parse_args(argv)
     try:
         _, md = write_summary(args.inputs, args.table, args.out, args.papers, force=args.force, pool=args.pool,
-                              accuracy=args.accuracy)
+                              accuracy=args.accuracy, paired=args.paired)
     except SummaryRegression as e:
         sys.exit(f"gradsift-summarize: {e}")
     if not sys.stdout.isatty():  # a log file gets the markdown itself, uncut

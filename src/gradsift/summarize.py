@@ -662,8 +662,66 @@ _RULES = {"budget": "top-k by score within the trim budget", "detector": "the de
           "identification": "every training prompt ranked per test prompt, no trimming"}
 
 
-def to_markdown(s: Summary, provenance: bool = False) -> str:
-    """The summary as markdown; ``provenance`` as in :func:`header_lines`."""
+def paired_gains(s: Summary) -> dict[str, dict[str, dict[str, tuple[dict[str, float], float | None]]]]:
+    """Per (sub-table, row, column): each seed's gain over the table's baseline row (this row's value minus the
+    baseline's, same seed: for trim-retrain tables the untrimmed model of that seed) and the paper's gain (the
+    difference of the paper's means), for every row but the baseline(s) and only seeds that both have."""
+    out: dict[str, dict[str, dict[str, tuple[dict[str, float], float | None]]]] = {}
+    for base in s.table.baseline_rows:
+        for sub, rows in s.cells.items():
+            if base not in rows:
+                continue
+            for row, by_col in rows.items():
+                if row in s.table.baseline_rows:
+                    continue
+                for col, c in by_col.items():
+                    b = rows[base].get(col)
+                    if b is None:
+                        continue
+                    gains = {sd: float(np.mean(v)) - float(np.mean(b.per_seed[sd]))
+                             for sd, v in sorted(c.per_seed.items()) if sd in b.per_seed}
+                    paper = (c.paper_mean - b.paper_mean
+                             if c.paper_mean is not None and b.paper_mean is not None else None)
+                    if gains:
+                        out.setdefault(sub, {}).setdefault(row, {})[col] = (gains, paper)
+        break  # the first baseline row (tables have one)
+    return out
+
+
+def paired_markdown(s: Summary) -> list[str]:
+    """``--paired``: a table of each row's paired gain over the baseline row, per column: the paper's gain, our mean
+    gain with every seed's, and at how many seeds the row is ahead (the plain "does it beat the baseline")."""
+    if not s.table.baseline_rows:
+        return []
+    base, d = next(iter(s.table.baseline_rows)), s.table.decimals
+    gains = paired_gains(s)
+    out = ["", f"## Paired gain over {base}", "",
+           f"Per seed: this row's run minus the {base} value of the same seed (the same base model); paper = the "
+           "difference of the paper's means. 'ahead' = seeds with a gain above 0, of the seeds both have."]
+    for sub, rows in gains.items():
+        cols = [c for c in s.columns[sub] if any(c in by_col for by_col in rows.values())]
+        out += ["", f"### {sub}", ""] if sub else [""]
+        out.append("| Method | " + " | ".join(f"{c} paper | {c} ours (per seed) | {c} ahead" for c in cols) + " |")
+        out.append("|---|" + "---:|---:|---:|" * len(cols))
+        for row, by_col in rows.items():
+            parts = []
+            for col in cols:
+                if col not in by_col:
+                    parts += ["—", "—", "—"]
+                    continue
+                g, paper = by_col[col]
+                vals = list(g.values())
+                seeds = ", ".join(_num(v, d, signed=True) for v in vals)
+                parts += [_num(paper, d, signed=True) if paper is not None else "—",
+                          f"{_num(float(np.mean(vals)), d, signed=True)} ({seeds})",
+                          f"{sum(v > 0 for v in vals)}/{len(vals)}"]
+            out.append(f"| {row} | " + " | ".join(parts) + " |")
+    return out
+
+
+def to_markdown(s: Summary, provenance: bool = False, paired: bool = False) -> str:
+    """The summary as markdown; ``provenance`` as in :func:`header_lines`; ``paired`` appends
+    :func:`paired_markdown`."""
     d, n_max = s.table.decimals, _n_max(s)
     out = "\n\n".join(header_lines(s, provenance)).splitlines() + ["", f"## {s.table.key}", "", s.table.caption, ""]
     if s.table.has_paper:
@@ -696,6 +754,8 @@ def to_markdown(s: Summary, provenance: bool = False) -> str:
         out += [f"- `{src}`: {err}" for src, err in s.unplaced_failures]
     if s.ignored:
         out += ["", f"{s.ignored} result file(s) did not match this table's filter ({s.table.where}) and were ignored."]
+    if paired:
+        out += paired_markdown(s)
     return "\n".join(out) + "\n"
 
 
@@ -843,12 +903,13 @@ def accuracy_table(table: PaperTable, accuracy: str) -> PaperTable:
 
 
 def regenerate_command(inputs: Sequence[Path | str], table: str | None, out: Path | str,
-                       pool: Sequence[str] = (), accuracy: str = "final") -> str:
+                       pool: Sequence[str] = (), accuracy: str = "final", paired: bool = False) -> str:
     """The CLI call that rebuilds these files (paths relative to the working directory where possible)."""
     args = ["python", "experiments/summarize.py", *(_display(Path(p)) for p in inputs)]
     args += ["--table", table] if table else []
     args += [a for k in sorted(pool) for a in ("--pool", k)]
     args += ["--accuracy", accuracy] if accuracy != "final" else []
+    args += ["--paired"] if paired else []
     args += ["--out", _display(output_stem(out))]
     return shlex.join(args)
 
@@ -904,7 +965,7 @@ def _check_replace(stem: Path, summary: Summary) -> None:
 
 def write_summary(inputs: Sequence[Path | str], table_key: str | None, out: Path | str,
                   paper_dir: Path | str = PAPER_DIR, *, force: bool = False, provenance: bool = False,
-                  pool: Sequence[str] = (), accuracy: str = "final") -> tuple[Summary, str]:
+                  pool: Sequence[str] = (), accuracy: str = "final", paired: bool = False) -> tuple[Summary, str]:
     """Summarize ``inputs`` into ``out``.md/.csv/.tex/.png (``.md``/``.csv`` only without a paper table).
 
     Args:
@@ -918,6 +979,7 @@ def write_summary(inputs: Sequence[Path | str], table_key: str | None, out: Path
         accuracy: ``final`` (the last epoch's test accuracy, the default), ``best`` (the best epoch's, selected
             on the test set: :func:`best_epoch_table`) or ``cross`` (the epoch chosen on one half of the test set,
             read on the other: :func:`accuracy_table`).
+        paired: append each row's per-seed gain over the baseline row to the markdown (:func:`paired_markdown`).
 
     Returns:
         The summary and its markdown.
@@ -931,12 +993,12 @@ def write_summary(inputs: Sequence[Path | str], table_key: str | None, out: Path
     runs = load_runs(inputs)
     table = load_table(table_key, paper_dir) if table_key else ours_table(runs)
     table = accuracy_table(table, accuracy)
-    summary = summarize(runs, table, regenerate_command(inputs, table_key, out, pool, accuracy), pool)
+    summary = summarize(runs, table, regenerate_command(inputs, table_key, out, pool, accuracy, paired), pool)
     stem = output_stem(out)
     if not force:
         _check_replace(stem, summary)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(summary, provenance)
+    md = to_markdown(summary, provenance, paired=paired)
     Path(f"{stem}.md").write_text(md)
     Path(f"{stem}.csv").write_text(to_csv(summary))
     if table.has_paper:
