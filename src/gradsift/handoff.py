@@ -20,7 +20,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from gradsift.artifacts import MODEL_KEYS
-from gradsift.cache import LOCATION_KEYS, without_locations  # noqa: F401  (LOCATION_KEYS: re-exported)
+from gradsift.cache import without_locations
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ FLAGGED_FILES = ("flagged.csv", "flagged.npz", "flagged.csv.gz")
 def differing_sections(cfg: DictConfig, recorded: dict) -> list[str]:
     """The :data:`FLAG_KEYS` sections (dotted keys, one level down) where ``recorded`` differs from ``cfg``.
 
-    :data:`LOCATION_KEYS` are left out.
+    :data:`gradsift.cache.LOCATION_KEYS` are left out.
     """
     here = OmegaConf.to_container(cfg, resolve=True)
     out = []

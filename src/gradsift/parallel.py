@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gradsift import CONFIG_DIR, artifacts, handoff
+from gradsift.cache import config_hash
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +55,14 @@ def random_layers(module: torch.nn.Module) -> list[str]:
 def _check_no_random_layers(cfgs: list[DictConfig]) -> None:
     seen = set()
     for i, cfg in enumerate(cfgs):
-        key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True, default=str)
+        key = config_hash(cfg.model)
         if key in seen:
             continue
         seen.add(key)
-        with torch.device("meta"):  # only the layer list is wanted: no memory, no weights read where avoidable
-            try:
+        try:  # only the layer list is wanted: on the meta device no memory is taken and no weights are read
+            with torch.device("meta"):
                 model = instantiate(cfg.model)
-            except Exception:  # a model that cannot be built on the meta device (e.g. one loading weights)
-                model = None
-        if model is None:
+        except Exception:  # a model that cannot be built there (e.g. one loading weights)
             model = instantiate(cfg.model)
         found = random_layers(model)
         del model
@@ -102,7 +101,7 @@ def retrain_parallel(cfgs: list[DictConfig], workers: int, allow_random_layers: 
     datamodules: dict[str, object] = {}  # one set-up datamodule per distinct data section
     jobs = []
     for cfg in cfgs:
-        key = json.dumps(OmegaConf.to_container(cfg.data, resolve=True), sort_keys=True, default=str)
+        key = config_hash(cfg.data)
         if key not in datamodules:
             datamodules[key] = instantiate(cfg.data)
             datamodules[key].setup()

@@ -667,24 +667,20 @@ def paired_gains(s: Summary) -> dict[str, dict[str, dict[str, tuple[dict[str, fl
     baseline's, same seed: for trim-retrain tables the untrimmed model of that seed) and the paper's gain (the
     difference of the paper's means), for every row but the baseline(s) and only seeds that both have."""
     out: dict[str, dict[str, dict[str, tuple[dict[str, float], float | None]]]] = {}
-    for base in s.table.baseline_rows:
-        for sub, rows in s.cells.items():
-            if base not in rows:
+    if not s.table.baseline_rows:
+        return out
+    base = next(iter(s.table.baseline_rows))  # the first baseline row (tables have one)
+    for sub, rows in s.cells.items():
+        for row, by_col in rows.items():
+            if base not in rows or row in s.table.baseline_rows:
                 continue
-            for row, by_col in rows.items():
-                if row in s.table.baseline_rows:
-                    continue
-                for col, c in by_col.items():
-                    b = rows[base].get(col)
-                    if b is None:
-                        continue
-                    gains = {sd: float(np.mean(v)) - float(np.mean(b.per_seed[sd]))
-                             for sd, v in sorted(c.per_seed.items()) if sd in b.per_seed}
-                    paper = (c.paper_mean - b.paper_mean
-                             if c.paper_mean is not None and b.paper_mean is not None else None)
-                    if gains:
-                        out.setdefault(sub, {}).setdefault(row, {})[col] = (gains, paper)
-        break  # the first baseline row (tables have one)
+            for col, c in by_col.items():
+                b = rows[base].get(col, Cell())
+                gains = {sd: float(np.mean(v)) - float(np.mean(b.per_seed[sd]))
+                         for sd, v in sorted(c.per_seed.items()) if sd in b.per_seed}
+                paper = c.paper_mean - b.paper_mean if c.paper_mean is not None and b.paper_mean is not None else None
+                if gains:
+                    out.setdefault(sub, {}).setdefault(row, {})[col] = (gains, paper)
     return out
 
 

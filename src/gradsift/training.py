@@ -223,21 +223,20 @@ def with_best_epoch(test: dict) -> dict:
     curve = test.get("curve")
     if "acc" not in test or not curve:
         return dict(test)
-    out = {**test, **_first_max(curve, "best")}
+    best = _first_argmax(curve)
+    out = {**test, "best_acc": float(curve[best]), "best_epoch": best + 1}
     halves = test.get("curve_halves")
     # both halves non-empty (a test split whose indices are all even, say, has no odd half to choose on)
     if halves and len(halves) == len(curve) and np.isfinite(np.asarray(halves, dtype=float)).all():
-        on_even = _first_max([h[0] for h in halves], "e")["e_epoch"] - 1
-        on_odd = _first_max([h[1] for h in halves], "o")["o_epoch"] - 1
+        on_even, on_odd = _first_argmax([h[0] for h in halves]), _first_argmax([h[1] for h in halves])
         out["cross_acc"] = (float(halves[on_even][1]) + float(halves[on_odd][0])) / 2
         out["cross_epochs"] = [on_even + 1, on_odd + 1]
     return out
 
 
-def _first_max(values: list[float], name: str) -> dict:
-    """``{name_acc: max(values), name_epoch: the 1-based first epoch reaching it}`` (NaNs never chosen)."""
-    best = max(range(len(values)), key=lambda i: (values[i] if values[i] == values[i] else -np.inf, -i))
-    return {f"{name}_acc": float(values[best]), f"{name}_epoch": best + 1}
+def _first_argmax(values: list[float]) -> int:
+    """The first position of the largest value (NaNs never chosen)."""
+    return max(range(len(values)), key=lambda i: (values[i] if values[i] == values[i] else -np.inf, -i))
 
 
 def evaluate(cfg: DictConfig, model: pl.LightningModule, datamodule: NoisyLabelDataModule) -> dict:
