@@ -97,6 +97,27 @@ def test_summary_of_cross_selected_accuracy_reads_cross_acc_and_says_how_it_was_
     assert "--accuracy cross" in md and "other half" in md
 
 
+def test_cross_summary_leaves_out_a_paper_row_variant_whose_runs_predate_cross_acc(tmp_path):
+    # the authors' iForest runs ran before test_cross_acc was recorded: their row (renamed, compared with the paper's
+    # iForest row through config.paper_row) has no cross value and must not break the table
+    for i, (method, paper_row, cross) in enumerate([("Outlier Gradient (L2) [authors' recipe]", "Outlier Gradient (L2)", 0.815),
+                                                    ("Outlier Gradient (iForest) [authors]", "Outlier Gradient (iForest)", None)]):
+        r = _result(method, "worst", 0, 0.80, 0.83, 0.79, 0.82)
+        r["config"]["paper_row"] = paper_row
+        if cross is not None:
+            r["metrics"].update(test_cross_acc=cross)
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(r))
+    runs = load_runs([tmp_path])
+    cross = summarize(runs, accuracy_table(load_table("oga.table2_cifar_n_resnet34_authors"), "cross")).cells[""]
+    assert cross["Outlier Gradient (L2) [authors' recipe]"]["c10n_worst"].mean == pytest.approx(81.5)
+    assert "Outlier Gradient (iForest) [authors]" not in cross
+    best = summarize(runs, best_epoch_table(load_table("oga.table2_cifar_n_resnet34_authors"))).cells[""]
+    assert best["Outlier Gradient (iForest) [authors]"]["c10n_worst"].mean == pytest.approx(83.0)  # still there
+    _, md = write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out", accuracy="cross")
+    assert "[authors' recipe]" in md
+
+
 # ---------------------------------------------------------------------------------------------- shuffling
 def test_shuffle_base_unshuffled_retrain_shuffled(fake):  # noqa: F811
     dm = _dm(fake, shuffle={"base": False, "retrain": True}, device="cpu")
