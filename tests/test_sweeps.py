@@ -73,6 +73,10 @@ def _digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _ok_results(sweep: Path) -> dict[Path, int]:
     out = {}
     for f in sweep.rglob("result.json"):
@@ -91,7 +95,11 @@ def test_an_interrupted_sweep_changes_no_published_summary_and_its_rerun_skips_f
     before = _digests(work / "multirun_summaries")
     sweep, cache = work / "multirun" / "table1_moons", work / ".cache"
     cmd = _sweep_cmd(sweep, cache, "seed=0,1", "scorer=l1,l2,iforest,tracin", "trainer.max_epochs=150")
-    proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a test run started as a background job of a non-interactive shell
+    # (`make test &`, some CI runners) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler,
+    # so the sweep would ignore the signal, finish all 8 jobs and exit 0 (the cause of this test's rare failures)
+    proc = subprocess.Popen(cmd, cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.monotonic() + 240
     while len(_ok_results(sweep)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
