@@ -19,6 +19,7 @@ PACKAGE = SRC / "gradsift"
 LAYERS = {
     "gradsift": "base", "gradsift.lazy": "base", "gradsift.resolvers": "base", "gradsift.hub": "base",
     "gradsift.cache": "base", "gradsift.conf": "base", "gradsift.fetch": "base", "gradsift.carry": "base",
+    "gradsift.paired": "base",
     "gradsift.data": "data",
     "gradsift.models": "models",
     "gradsift.attribution": "attribution",

@@ -77,8 +77,8 @@ def test_csv_logger_records_the_attribution_run(tmp_path):
     from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[*FAST, f"paths.cache_dir={tmp_path / 'cache'}", "logger=csv", "scorer=l2"],
-                      return_hydra_config=True)
+        cfg = compose("config", overrides=[*FAST, f"paths.cache_dir={tmp_path / 'cache'}", "logger=csv", "scorer=l2",
+                                           "eval_every_epoch=true"], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path / "run")
     HydraConfig.instance().set_config(cfg)
@@ -90,6 +90,7 @@ def test_csv_logger_records_the_attribution_run(tmp_path):
     assert {"flagged.csv", "metrics.csv"} <= names
     metrics = next(p for p in logged if p.name == "metrics.csv").read_text()
     assert "metrics/detection_acc" in metrics and "timings/retrain_s" in metrics
+    assert "metrics/test_best_vs_base/p" in metrics  # a record's numbers (McNemar against the base model) too
 
 
 @pytest.mark.slow  # wandb offline start-up is slow on 2 cores; tests/test_loggers.py covers the logging itself

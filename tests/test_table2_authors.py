@@ -225,6 +225,10 @@ def test_preset_runs_end_to_end_on_cpu_with_best_epoch_accuracy(tmp_path, shared
         assert m[f"{prefix}best_acc"] == max(m[f"{prefix}curve"])
         assert m[f"{prefix}acc"] == pytest.approx(m[f"{prefix}curve"][-1])  # the final epoch
     assert res["selection"] == "detector" and 0 < m["n_trimmed"] < 20
+    for kind in ("", "best_", "cross_"):  # McNemar against the base model, from the same 10 test images
+        t = m[f"test_{kind}vs_base"]
+        assert t["n"] == 10 and 0 <= t["p"] <= 1
+        assert t["gain"] == pytest.approx(m[f"test_{kind}acc"] - m[f"base_test_{kind}acc"])
 
 
 def test_paired_gains_subtract_the_untrimmed_model_of_the_same_seed(tmp_path):

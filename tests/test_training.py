@@ -4,7 +4,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from gradsift import training
+from gradsift import paired, training
 from tests.test_pipeline import _cfg
 
 
@@ -19,12 +19,17 @@ def test_fit_and_evaluate_is_seeded_and_records_a_curve_per_epoch(tmp_path):
     index = torch.as_tensor(dm.test_set.index if hasattr(dm.test_set, "index") else range(len(dm.test_set)))
     assert len(metrics["curve_halves"]) == 3 and "cross_acc" in metrics and len(metrics["cross_epochs"]) == 2
     model.eval()
-    right = {0: [], 1: []}
+    right, by_index = {0: [], 1: []}, {}
     with torch.no_grad():
         for batch in dm.test_dataloader():
             ok = model.logits(batch).argmax(-1) == batch.get("clean_label", batch["label"])
             for i, k in zip(torch.as_tensor(batch["index"]).tolist(), ok.tolist()):
                 right[i % 2].append(k)
+                by_index[i] = k
+    # which samples the final model gets right, in index order (the paired test's vector, gradsift.paired)
+    assert paired.unpack(metrics["correct"]).tolist() == [by_index[i] for i in sorted(by_index)]
+    assert paired.unpack(metrics["best_correct"]).mean() == pytest.approx(metrics["best_acc"])
+    assert "curve_correct" not in metrics
     assert metrics["curve_halves"][-1] == pytest.approx([sum(right[0]) / len(right[0]), sum(right[1]) / len(right[1])])
     n_even = int((index % 2 == 0).sum())
     mean = (metrics["curve_halves"][-1][0] * n_even + metrics["curve_halves"][-1][1] * (len(index) - n_even)) / len(index)
@@ -44,7 +49,7 @@ def test_gradsift_fits_leave_out_lightning_chatter_but_user_trainers_keep_it(tmp
 
     import pytorch_lightning as pl
 
-    from gradsift import training
+    from gradsift import paired, training
 
     with caplog.at_level(logging.INFO, logger="pytorch_lightning"), warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

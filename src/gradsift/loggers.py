@@ -150,7 +150,10 @@ def log_run(cfg: DictConfig, result: dict, flagged: pd.DataFrame, datamodule, to
     from gradsift.viz.scores import score_plot
 
     lg.log_hyperparams(result["config"])
-    lg.log_metrics({f"metrics/{k}": float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))})
+    scalars = {f"metrics/{k}": float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+    scalars.update({f"metrics/{k}/{kk}": float(vv) for k, v in result["metrics"].items() if isinstance(v, dict)
+                    for kk, vv in v.items() if isinstance(vv, (int, float))})  # e.g. test_best_vs_base/p (McNemar)
+    lg.log_metrics(scalars)
     rows = flagged.head(top).to_dict("records")
     x = datamodule.full_train_set.columns.get("x")
     if isinstance(x, torch.Tensor) and x.ndim == 4:

@@ -15,7 +15,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from gradsift import artifacts, identification, training
+from gradsift import artifacts, identification, paired, training
 from gradsift.data.base import NoisyLabelDataModule
 from gradsift.loggers import log_run
 from gradsift.record import finished_result, now, recorded, start_run, write_result
@@ -80,6 +80,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
             test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = artifacts.retrain(
                 cfg, datamodule, train.index[~remove], art.model_key)
             metrics.update({f"test_{k}": v for k, v in training.with_best_epoch(test).items()})
+            metrics.update(paired.versus_base(metrics))  # McNemar's test against the base model, same test samples
             log.info("retrain on %d kept samples (%s): test %s", int((~remove).sum()),
                      "cached" if result["retrain_cache_hit"] else "trained",
                      ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
@@ -158,6 +159,7 @@ def retrain_from(cfg: DictConfig, output_dir: str | Path, choices: dict | None =
         test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = artifacts.retrain(
             cfg, datamodule, index[~remove], model_key)
         metrics.update({f"test_{k}": v for k, v in training.with_best_epoch(test).items()})
+        metrics.update(paired.versus_base(metrics))
         log.info("retrain on %d kept samples (%s): test %s", int((~remove).sum()),
                  "cached" if result["retrain_cache_hit"] else "trained",
                  ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))

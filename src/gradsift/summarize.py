@@ -151,6 +151,17 @@ class PaperTable:
         col = self.column.label(result)
         return [] if col is None else [(sub, row, col, self.value.number(result))]
 
+    def paired_test(self, result: Mapping[str, Any], col: str) -> Mapping[str, Any] | None:
+        """The run's McNemar test against its base model for column ``col`` (:mod:`gradsift.paired`): for a value
+        field ``metrics.<x>acc``, the record ``metrics.<x>vs_base`` (``test_best_acc`` -> ``test_best_vs_base``);
+        None where the run has none (runs before it was recorded, non-accuracy columns)."""
+        spec = self.columns_map.get(col) if self.columns_map is not None else self.value
+        paths = getattr(spec, "paths", None) or ()
+        if len(paths) != 1 or not paths[0].endswith("acc"):
+            return None
+        got = lookup(result, paths[0].removesuffix("acc") + "vs_base")
+        return got if isinstance(got, Mapping) and "p" in got else None
+
     def baseline_cells(self, result: Mapping[str, Any]) -> list[tuple[str, str, str, float | None]]:
         sub = self.subtable.label(result) if self.subtable else ""
         if sub is None:
@@ -316,6 +327,8 @@ class Cell:
     paper_std: float | None = None
     per_seed: dict[str, list[float]] = field(default_factory=dict)
     n_failed: int = 0
+    #: per seed, the runs' McNemar tests against their base model (:meth:`PaperTable.paired_test`), where recorded
+    paired: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
 
     @property
     def values(self) -> list[float]:
@@ -568,6 +581,10 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: I
         for sub, row, col, value in placed + e.baseline:
             if value is not None:
                 cell(sub, e.paper.get(row, row), label[sub, row], col).per_seed.setdefault(e.seed, []).append(value)
+        for sub, row, col, value in placed:
+            test = table.paired_test(run.result, col) if value is not None else None
+            if test is not None:
+                cell(sub, e.paper.get(row, row), label[sub, row], col).paired.setdefault(e.seed, []).append(test)
         if placed:
             rule = str(run.result.get("selection", "unknown"))
             if lookup(run.result, "config.retrain") is False:  # scores and AUC only: nothing was trimmed and retrained
@@ -686,26 +703,49 @@ def paired_gains(s: Summary) -> dict[str, dict[str, dict[str, tuple[dict[str, fl
     return out
 
 
+def paired_pvalues(s: Summary) -> dict[str, dict[str, dict[str, dict[str, Mapping[str, Any]]]]]:
+    """Per (sub-table, row, column): each seed's McNemar test of the run against its own base model on the same
+    test samples (:mod:`gradsift.paired`; the first run of a seed where a seed has several), for the cells whose runs
+    recorded one."""
+    out: dict[str, dict[str, dict[str, dict[str, Mapping[str, Any]]]]] = {}
+    for sub, rows in s.cells.items():
+        for row, by_col in rows.items():
+            for col, c in by_col.items():
+                if c.paired:
+                    out.setdefault(sub, {}).setdefault(row, {})[col] = {sd: t[0] for sd, t in sorted(c.paired.items())}
+    return out
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
 def paired_markdown(s: Summary) -> list[str]:
     """``--paired``: a table of each row's paired gain over the baseline row, per column: the paper's gain, our mean
     gain with every seed's, and at how many seeds the row is ahead (the plain "does it beat the baseline")."""
     if not s.table.baseline_rows:
         return []
     base, d = next(iter(s.table.baseline_rows)), s.table.decimals
-    gains = paired_gains(s)
+    gains, tests = paired_gains(s), paired_pvalues(s)
     out = ["", f"## Paired gain over {base}", "",
            f"Per seed: this row's run minus the {base} value of the same seed (the same base model); paper = the "
            "difference of the paper's means. 'ahead' = seeds with a gain above 0, of the seeds both have."]
+    if tests:
+        out[-1] += (" 'p (per seed)': McNemar's exact test of the run against its own base model on the same test "
+                    "samples (two-sided, the samples only one of the two models gets right; gradsift.paired), one "
+                    "per seed in the order of the gains; '—' = a run that did not record which samples it gets right.")
     for sub, rows in gains.items():
         cols = [c for c in s.columns[sub] if any(c in by_col for by_col in rows.values())]
+        with_p = bool(tests.get(sub))
         out += ["", f"### {sub}", ""] if sub else [""]
-        out.append("| Method | " + " | ".join(f"{c} paper | {c} ours (per seed) | {c} ahead" for c in cols) + " |")
-        out.append("|---|" + "---:|---:|---:|" * len(cols))
+        out.append("| Method | " + " | ".join(f"{c} paper | {c} ours (per seed) | {c} ahead"
+                                           + (f" | {c} p (per seed)" if with_p else "") for c in cols) + " |")
+        out.append("|---|" + ("---:|---:|---:|" + ("---:|" if with_p else "")) * len(cols))
         for row, by_col in rows.items():
             parts = []
             for col in cols:
                 if col not in by_col:
-                    parts += ["—", "—", "—"]
+                    parts += ["—"] * (4 if with_p else 3)
                     continue
                 g, paper = by_col[col]
                 vals = list(g.values())
@@ -713,6 +753,10 @@ def paired_markdown(s: Summary) -> list[str]:
                 parts += [_num(paper, d, signed=True) if paper is not None else "—",
                           f"{_num(float(np.mean(vals)), d, signed=True)} ({seeds})",
                           f"{sum(v > 0 for v in vals)}/{len(vals)}"]
+                if with_p:
+                    per = tests.get(sub, {}).get(row, {}).get(col, {})
+                    parts.append(", ".join(_p(float(per[sd]["p"])) if sd in per else "—" for sd in g)
+                                 if per else "—")
             out.append(f"| {row} | " + " | ".join(parts) + " |")
     return out
 

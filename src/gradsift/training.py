@@ -22,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from gradsift import paired
 from gradsift.cache import read_file
 from gradsift.data.base import NoisyLabelDataModule
 
@@ -81,12 +82,17 @@ class EpochTestCurve(pl.Callback):
         halves: per finished epoch, the same value on the test samples of even and of odd ``index``: two disjoint
             halves, for choosing an epoch on one and reporting it on the other (:func:`with_best_epoch`,
             ``cross_acc``).
+        correct: classifiers only, per finished epoch, which test samples are classified correctly (bool, in the
+            order of ``index``), for the paired test of two models on the same samples (:mod:`gradsift.paired`).
+        index: the test samples' ``index``, sorted (the order of every ``correct`` vector).
     """
 
     def __init__(self, datamodule: NoisyLabelDataModule):
         self.datamodule = datamodule
         self.values: list[float] = []
         self.halves: list[list[float]] = []
+        self.correct: list[np.ndarray] = []
+        self.index: np.ndarray | None = None
 
     @torch.no_grad()
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -99,6 +105,7 @@ class EpochTestCurve(pl.Callback):
         # [even, odd] index halves of the test split; their sum is the whole split
         summed = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
         counts = torch.zeros(2, dtype=torch.float64, device=pl_module.device)
+        hits, seen = [], []  # classifiers: per batch, which samples are right, and their index (kept on the device)
         for batch in self.datamodule.test_dataloader():
             batch = trainer.strategy.batch_to_device(batch)
             with trainer.precision_plugin.forward_context():
@@ -107,9 +114,17 @@ class EpochTestCurve(pl.Callback):
                     value = (pred == batch.get("clean_label", batch["label"])).double()
                 else:
                     value = pl_module.per_sample_loss(batch).float().double()
-            half = torch.as_tensor(batch["index"], device=summed.device).long() % 2
-            summed.index_add_(0, half, value)
-            counts.index_add_(0, half, torch.ones_like(value))
+            index = torch.as_tensor(batch["index"], device=summed.device).long()
+            summed.index_add_(0, index % 2, value)
+            counts.index_add_(0, index % 2, torch.ones_like(value))
+            if classifier:
+                hits.append(value > 0.5)
+                seen.append(index)
+        if hits:
+            index = torch.cat(seen).cpu().numpy()
+            order = np.argsort(index, kind="stable")
+            self.correct.append(torch.cat(hits).cpu().numpy()[order])
+            self.index = index[order]
         summed, counts = summed.tolist(), counts.tolist()
         self.values.append(sum(summed) / max(sum(counts), 1))
         self.halves.append([v / c if c else float("nan") for v, c in zip(summed, counts)])
@@ -192,7 +207,9 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: NoisyLabelDataModule, callback
         seconds = time.perf_counter() - t0
         metrics = _test_metrics(trainer, model, datamodule)
     if curve is not None:
-        metrics = with_best_epoch({**metrics, "curve": curve.values, "curve_halves": curve.halves})
+        metrics = with_best_epoch({**metrics, "curve": curve.values, "curve_halves": curve.halves,
+                                   **({"curve_correct": curve.correct, "curve_index": curve.index}
+                                      if curve.correct and len(curve.correct) == len(curve.values) else {})})
     log.info("%s model: trained in %.2f s; test %s", stage, seconds,
              ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     return model, metrics, seconds
@@ -202,6 +219,12 @@ def with_best_epoch(test: dict) -> dict:
     """``test`` plus ``best_acc`` = max of its per-epoch accuracy ``curve`` and ``best_epoch`` (1-based, the first
     epoch reaching it), where it has both ``acc`` and a ``curve`` (else ``test`` unchanged); with ``curve_halves``
     also ``cross_acc`` and ``cross_epochs``.
+
+    With ``curve_correct`` (per epoch, which test samples are right, ordered as ``curve_index``: what
+    :class:`EpochTestCurve` records for classifiers), also ``correct`` (the last epoch's), ``best_correct`` (the best
+    epoch's) and ``cross_correct`` (odd-index samples from the epoch chosen on the even half, even-index ones from the
+    epoch chosen on the odd half), each :func:`gradsift.paired.pack`-ed; ``curve_correct`` / ``curve_index`` are
+    dropped (too large to keep: one vector per epoch).
 
     ``acc`` stays the final epoch's test accuracy. ``best_acc`` is the OGA authors' reported number
     (``cifar-10-100n/OD-experiment.py``: ``np.max`` over the 100 epochs' test accuracies, base and retrained
@@ -221,16 +244,24 @@ def with_best_epoch(test: dict) -> dict:
         A new dict.
     """
     curve = test.get("curve")
+    per_epoch, index = test.get("curve_correct"), test.get("curve_index")
+    test = {k: v for k, v in test.items() if k not in ("curve_correct", "curve_index")}
     if "acc" not in test or not curve:
-        return dict(test)
+        return test
     best = _first_argmax(curve)
     out = {**test, "best_acc": float(curve[best]), "best_epoch": best + 1}
+    vectors = per_epoch is not None and index is not None and len(per_epoch) == len(curve)
+    if vectors:
+        out["correct"], out["best_correct"] = paired.pack(per_epoch[-1]), paired.pack(per_epoch[best])
     halves = test.get("curve_halves")
     # both halves non-empty (a test split whose indices are all even, say, has no odd half to choose on)
     if halves and len(halves) == len(curve) and np.isfinite(np.asarray(halves, dtype=float)).all():
         on_even, on_odd = _first_argmax([h[0] for h in halves]), _first_argmax([h[1] for h in halves])
         out["cross_acc"] = (float(halves[on_even][1]) + float(halves[on_odd][0])) / 2
         out["cross_epochs"] = [on_even + 1, on_odd + 1]
+        if vectors:
+            odd = np.asarray(index) % 2 == 1
+            out["cross_correct"] = paired.pack(np.where(odd, per_epoch[on_even], per_epoch[on_odd]))
     return out
 
 

@@ -1,0 +1,82 @@
+"""Paired comparison of two classifiers on one test set: which test samples each gets right, and McNemar's test.
+
+A trim-retrain run's model and the untrimmed model of the same seed are scored on the same test images, so their
+accuracy difference has a much smaller standard error than two independent accuracies would: only the samples on
+which they disagree carry information about it. Each fit records which test samples it classifies correctly
+(``correct``, ``best_correct``, ``cross_correct``: :func:`gradsift.training.with_best_epoch`), ordered by the test
+sample ``index``, as :func:`pack` strings; the pipeline turns the retrained model's and the base model's vectors into
+:func:`paired_test` (``metrics.test_vs_base``, ``test_best_vs_base``, ``test_cross_vs_base``), and
+``gradsift-summarize --paired`` prints the per-seed p-values beside the gains.
+
+The test is McNemar's exact (binomial) test on the discordant pairs (McNemar 1947; the exact form as in
+``statsmodels.stats.contingency_tables.mcnemar(exact=True)``), computed with :func:`scipy.stats.binomtest`.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+
+import numpy as np
+
+#: prefix of a packed vector, so that a reader can tell the format: ``bits1:<n>:<base64 of np.packbits>``
+_TAG = "bits1"
+
+
+def pack(correct: np.ndarray) -> str:
+    """A boolean vector as ``bits1:<n>:<base64>`` (``np.packbits``, 1 bit per sample: 10,000 test images -> 1.7 kB)."""
+    bits = np.asarray(correct, dtype=bool).ravel()
+    return f"{_TAG}:{bits.size}:{base64.b64encode(np.packbits(bits).tobytes()).decode('ascii')}"
+
+
+def unpack(packed: str) -> np.ndarray:
+    """The boolean vector of :func:`pack`."""
+    tag, n, data = str(packed).split(":", 2)
+    if tag != _TAG:
+        raise ValueError(f"packed correctness vector: expected the '{_TAG}:<n>:<base64>' format, got {packed[:20]!r}")
+    return np.unpackbits(np.frombuffer(base64.b64decode(data), dtype=np.uint8), count=int(n)).astype(bool)
+
+
+def paired_test(base: np.ndarray, other: np.ndarray) -> dict[str, float | int]:
+    """McNemar's exact test of ``other`` against ``base``, two classifiers' correctness on the same test samples.
+
+    Args:
+        base: bool per test sample, True where the baseline (untrimmed) model is right.
+        other: the same for the compared (retrained) model, same samples in the same order.
+
+    Returns:
+        ``n`` samples; ``gain`` = accuracy of ``other`` minus that of ``base`` (a fraction); ``only_base`` /
+        ``only_other``: samples only one of them gets right (the discordant pairs); ``se``: the standard error of
+        ``gain`` over test samples, paired (``sqrt(b + c - (c - b)^2 / n) / n``); ``p``: McNemar's exact two-sided
+        p-value, the binomial test of ``only_other`` out of ``only_base + only_other`` at 1/2 (1.0 without discordant
+        pairs).
+    """
+    from scipy.stats import binomtest
+
+    base, other = np.asarray(base, dtype=bool), np.asarray(other, dtype=bool)
+    if base.shape != other.shape:
+        raise ValueError(f"paired_test: the two correctness vectors differ in length ({base.size} vs {other.size}): "
+                         "they must come from the same test set")
+    n = int(base.size)
+    b, c = int((base & ~other).sum()), int((other & ~base).sum())
+    p = float(binomtest(c, b + c, 0.5).pvalue) if b + c else 1.0
+    se = float(np.sqrt(max(b + c - (c - b) ** 2 / n, 0.0)) / n) if n else float("nan")
+    return {"n": n, "gain": (c - b) / n if n else float("nan"), "only_base": b, "only_other": c, "se": se, "p": p}
+
+
+#: (correctness key of a fit's test metrics, accuracy it goes with): final epoch, best epoch, cross-selected epoch
+KINDS = (("correct", "acc"), ("best_correct", "best_acc"), ("cross_correct", "cross_acc"))
+
+
+def versus_base(metrics: Mapping[str, object]) -> dict[str, dict]:
+    """``test_<kind>vs_base`` entries for a run's metrics holding both ``test_<kind>correct`` and
+    ``base_test_<kind>correct`` (``kind`` = "", "best_", "cross_"): :func:`paired_test` of the retrained model against
+    the base model. Vectors of different lengths (different test sets) give no entry."""
+    out = {}
+    for key, _ in KINDS:
+        mine, theirs = metrics.get(f"test_{key}"), metrics.get(f"base_test_{key}")
+        if isinstance(mine, str) and isinstance(theirs, str):
+            a, b = unpack(theirs), unpack(mine)
+            if a.size == b.size:
+                out[f"test_{key.removesuffix('correct')}vs_base"] = paired_test(a, b)
+    return out
