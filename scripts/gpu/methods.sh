@@ -10,8 +10,8 @@
 # gradients, the K-FAC factors, TRAK's margins, the checkpoint gradients, the k-fold models and the 20 LDS subset
 # models are each trained / gathered once per (noise, seed) under the cache lock and shared by the jobs.
 # Expects (git-ignored): .whl/ (hydra-core, omegaconf, antlr4, cleanlab, hydra-joblib-launcher wheels; `make
-# wheelhouse`) and .gpu/c10/{cifar10-partial/cifar10_partial.npz, cifar-n/cifar10n_labels.npz} (from
-# ../shared/data). Env: SEEDS, NOISE (default worst,aggregate), OUT (results folder), LIMIT (seconds for the whole
+# gpu-inputs`) and $GRADSIFT_DATA (default .gpu/c5k: {cifar10-partial/cifar10_partial.npz, cifar-n/cifar10n_labels.npz},
+# `make gpu-inputs`). Env: SEEDS, NOISE (default worst,aggregate), OUT (results folder), LIMIT (seconds for the whole
 # script, default 540), NJOBS, SUBSETS (LDS subsets, default the preset's 20). CPU dry run: DEVICE_SETUP=0 PY=.venv/bin/python NJOBS=1
 # GRADSIFT_DATA=../shared/data EXTRA='+trainer.fast_dev_run=true data.device=cpu trainer.precision=32-true
 # torch_threads=1 model.scheduler=null data.subset=200 data.val_size=40 data.test_size=60
@@ -23,7 +23,7 @@ OUT=${OUT:-/tmp/methods_out}; SEEDS=${SEEDS:-0}; EXTRA=${EXTRA:-}; PY=${PY:-pyth
 mkdir -p "$OUT" multirun
 if [ "${DEVICE_SETUP:-1}" = 1 ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD/src:$PWD GRADSIFT_DATA=${GRADSIFT_DATA:-$PWD/.gpu/c10}
+  export PYTHONPATH=/tmp/site:$PWD/src:$PWD GRADSIFT_DATA=${GRADSIFT_DATA:-$PWD/.gpu/c5k}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/gpu.txt
 fi
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
