@@ -231,6 +231,21 @@ def test_preset_runs_end_to_end_on_cpu_with_best_epoch_accuracy(tmp_path, shared
         assert t["gain"] == pytest.approx(m[f"test_{kind}acc"] - m[f"base_test_{kind}acc"])
 
 
+def test_each_run_is_paired_with_its_own_base_model_when_a_seeds_base_was_trained_again(tmp_path):
+    # seed 0: L2 retrained from a base at 82.0, L1 from the same seed's base trained again (a cold machine, other
+    # code), at 81.0; each gain is over its own base, not over the seed's mean base (81.5)
+    runs = [_result("Outlier Gradient (L2)", "worst", 0, 0.80, 0.83, 0.79, 0.82),
+            _result("Outlier Gradient (L1)", "worst", 0, 0.80, 0.83, 0.79, 0.81)]
+    for i, r in enumerate(runs):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(r))
+    s = summarize(load_runs([tmp_path]), best_epoch_table(load_table("oga.table2_cifar_n_resnet34_authors")))
+    assert s.cells[""]["Cross Entropy"]["c10n_worst"].mean == pytest.approx(81.5)  # both bases, averaged
+    gains = paired_gains(s)[""]
+    assert gains["Outlier Gradient (L2)"]["c10n_worst"][0] == pytest.approx({"0": 1.0})
+    assert gains["Outlier Gradient (L1)"]["c10n_worst"][0] == pytest.approx({"0": 2.0})
+
+
 def test_paired_gains_subtract_the_untrimmed_model_of_the_same_seed(tmp_path):
     runs = [_result("Outlier Gradient (L2)", "worst", 0, 0.80, 0.83, 0.79, 0.82),
             _result("Outlier Gradient (L2)", "worst", 1, 0.70, 0.81, 0.75, 0.80),  # behind at seed 1

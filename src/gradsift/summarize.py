@@ -329,6 +329,8 @@ class Cell:
     n_failed: int = 0
     #: per seed, the runs' McNemar tests against their base model (:meth:`PaperTable.paired_test`), where recorded
     paired: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    #: per seed, each run's value minus the baseline row's value read from the same run (its own base model)
+    gains: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def values(self) -> list[float]:
@@ -581,10 +583,16 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: I
         for sub, row, col, value in placed + e.baseline:
             if value is not None:
                 cell(sub, e.paper.get(row, row), label[sub, row], col).per_seed.setdefault(e.seed, []).append(value)
+        own_base = {(sub, col): value for sub, _, col, value in e.baseline if value is not None}
         for sub, row, col, value in placed:
-            test = table.paired_test(run.result, col) if value is not None else None
+            if value is None:
+                continue
+            c = cell(sub, e.paper.get(row, row), label[sub, row], col)
+            if (sub, col) in own_base:
+                c.gains.setdefault(e.seed, []).append(value - own_base[sub, col])
+            test = table.paired_test(run.result, col)
             if test is not None:
-                cell(sub, e.paper.get(row, row), label[sub, row], col).paired.setdefault(e.seed, []).append(test)
+                c.paired.setdefault(e.seed, []).append(test)
         if placed:
             rule = str(run.result.get("selection", "unknown"))
             if lookup(run.result, "config.retrain") is False:  # scores and AUC only: nothing was trimmed and retrained
@@ -684,7 +692,11 @@ _RULES = {"budget": "top-k by score within the trim budget", "detector": "the de
 def paired_gains(s: Summary) -> dict[str, dict[str, dict[str, tuple[dict[str, float], float | None]]]]:
     """Per (sub-table, row, column): each seed's gain over the table's baseline row (this row's value minus the
     baseline's, same seed: for trim-retrain tables the untrimmed model of that seed) and the paper's gain (the
-    difference of the paper's means), for every row but the baseline(s) and only seeds that both have."""
+    difference of the paper's means), for every row but the baseline(s) and only seeds that both have.
+
+    A run that records the baseline row's value itself (a retrain records its own base model's accuracy) is compared
+    with that value, so that two runs of one seed whose base models differ (one retrained after the base model was
+    trained again) are each paired with their own; otherwise the seed's mean baseline value is used."""
     out: dict[str, dict[str, dict[str, tuple[dict[str, float], float | None]]]] = {}
     if not s.table.baseline_rows:
         return out
@@ -695,8 +707,9 @@ def paired_gains(s: Summary) -> dict[str, dict[str, dict[str, tuple[dict[str, fl
                 continue
             for col, c in by_col.items():
                 b = rows[base].get(col, Cell())
-                gains = {sd: float(np.mean(v)) - float(np.mean(b.per_seed[sd]))
-                         for sd, v in sorted(c.per_seed.items()) if sd in b.per_seed}
+                gains = {sd: float(np.mean(c.gains[sd])) if sd in c.gains
+                         else float(np.mean(v)) - float(np.mean(b.per_seed[sd]))
+                         for sd, v in sorted(c.per_seed.items()) if sd in c.gains or sd in b.per_seed}
                 paper = c.paper_mean - b.paper_mean if c.paper_mean is not None and b.paper_mean is not None else None
                 if gains:
                     out.setdefault(sub, {}).setdefault(row, {})[col] = (gains, paper)
