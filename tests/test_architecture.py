@@ -28,7 +28,7 @@ LAYERS = {
     "gradsift.attributor": "attributor", "gradsift.callback": "attributor",
     "gradsift.viz": "viz",
     "gradsift.training": "run", "gradsift.artifacts": "run", "gradsift.record": "run", "gradsift.loggers": "run",
-    "gradsift.report": "run", "gradsift.handoff": "run", "gradsift.parallel": "run",
+    "gradsift.report": "run", "gradsift.handoff": "run", "gradsift.parallel": "run", "gradsift.overlap": "run",
     "gradsift.identification": "flows",
     "gradsift.pipeline": "pipeline",
     "gradsift.summarize": "reports", "gradsift.viz.curves": "reports", "gradsift.hydra_callbacks": "reports",

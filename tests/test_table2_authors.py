@@ -206,6 +206,9 @@ def test_preset_is_the_authors_recipe():
     assert cfg.paper_table == "oga.table2_cifar_n_resnet34_authors" and cfg.attribution.reference == "train"
     assert _compose("+table2_authors=self_confidence").scorer.labels == "predicted"
     assert _compose("+table2_authors=tracin").trim.remove == "beneficial"
+    control = _compose("+table2_authors=random")  # ours, beyond the paper: any 5%, at random
+    assert control.scorer._target_ == "gradsift.scoring.random.RandomScorer" and control.get("paper_row") is None
+    assert (control.trim.selection, control.trim.budget) == ("budget", 0.05) and "control" in control.method
 
 
 def test_preset_runs_end_to_end_on_cpu_with_best_epoch_accuracy(tmp_path, shared_data):
@@ -229,6 +232,24 @@ def test_preset_runs_end_to_end_on_cpu_with_best_epoch_accuracy(tmp_path, shared
         t = m[f"test_{kind}vs_base"]
         assert t["n"] == 10 and 0 <= t["p"] <= 1
         assert t["gain"] == pytest.approx(m[f"test_{kind}acc"] - m[f"base_test_{kind}acc"])
+
+
+def test_random_control_runs_through_the_preset_and_shows_as_an_extra_row(tmp_path, shared_data):
+    tiny = ["data=cifar10n_5k", "data.subset=40", "data.test_size=10", "data.batch_size=20", "data.eval_batch_size=20",
+            "trainer.max_epochs=2", "trainer.accelerator=cpu", "model.scheduler.milestones=[1]", "torch_threads=1",
+            "trainer.enable_progress_bar=false", "gallery=0", f"paths.data_dir={shared_data}",
+            f"paths.cache_dir={tmp_path / 'cache'}", "+table2_authors=random"]
+    res = pipeline.run(_compose(*tiny), tmp_path / "run", choices={"scorer": "random"})
+    assert res["status"] == "ok" and res["metrics"]["n_trimmed"] == 2  # 5% of 40, drawn from the seed
+    flagged = np.load(tmp_path / "run" / "scores.npy")
+    np.testing.assert_array_equal(flagged, np.random.default_rng(0).random(40))  # the seed's uniform draw
+    _, md = write_summary([tmp_path / "run"], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out", accuracy="best",
+                          paired=True)
+    row = next(x for x in md.splitlines() if x.startswith("| Random 5% [control, not in the paper] |"))
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    assert any(c[:1].isdigit() for c in cells) and not any(c.startswith("not run") for c in cells)  # ours, no paper
+    gain = next(x for x in md.splitlines() if x.startswith("| Random 5% [control") and "/1 |" in x)
+    assert gain.split("|")[1:3] == [" Random 5% [control, not in the paper] ", " — "]  # paired: no paper gain
 
 
 def test_each_run_is_paired_with_its_own_base_model_when_a_seeds_base_was_trained_again(tmp_path):

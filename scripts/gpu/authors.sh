@@ -16,7 +16,8 @@
 # last as long as the machine stays warm, so make the calls of one (noise, seed) back to back. A cold machine trains
 # the base model again (it is keyed by its config, so the numbers are the same up to GPU nondeterminism). A retrain
 # call finding no cached base model trains it first, which leaves time for about one retrain.
-# Methods: l1, l2, iforest, tracin, self_confidence (conf/table2_authors/); Cross Entropy is the untrimmed base model,
+# Methods: l1, l2, iforest, tracin, self_confidence (conf/table2_authors/), and random (a control of ours, not in the
+# paper: 5% deleted at random; base calls from 2026-12-04 on score it too); Cross Entropy is the untrimmed base model,
 # filled from every run's base accuracy. A method starts only while RETRAIN_S (default 280) seconds are left before
 # LIMIT (default 540); the ones not started are listed in progress.txt ("not started"). Two retrains need about
 # 2 x (258 s training + ~20 s per-epoch test evaluation + ~15 s start-up), more than 540 s: if the first one's
@@ -52,7 +53,7 @@ MODE=${MODE:-base}
 T0=$(date +%s); LIMIT=${LIMIT:-540}; END=$((T0 + LIMIT)); RETRAIN_S=${RETRAIN_S:-280}
 OUT=${OUT:-/tmp/authors_out}; SEED=${SEED:-0}; NOISE=${NOISE:-worst}; EXTRA=${EXTRA:-}; PY=${PY:-python3}
 CACHE=${CACHE:-/root/gradsift-cache}; RUNS=${RUNS:-/root/gradsift-runs}
-ALL=l1,l2,iforest,tracin,self_confidence
+ALL=l1,l2,iforest,tracin,self_confidence,random
 METHODS=${METHODS:-iforest,l2}
 mkdir -p "$OUT" "$CACHE" "$RUNS"
 if [ "${DEVICE_SETUP:-1}" = 1 ]; then
