@@ -71,7 +71,11 @@ KINDS = (("correct", "acc"), ("best_correct", "best_acc"), ("cross_correct", "cr
 def versus_base(metrics: Mapping[str, object]) -> dict[str, dict]:
     """``test_<kind>vs_base`` entries for a run's metrics holding both ``test_<kind>correct`` and
     ``base_test_<kind>correct`` (``kind`` = "", "best_", "cross_"): :func:`paired_test` of the retrained model against
-    the base model. Vectors of different lengths (different test sets) give no entry."""
+    the base model. Vectors of different lengths (different test sets) give no entry.
+
+    The cross-selected ``gain`` is the difference of the pooled accuracies of the two ``cross_correct`` vectors;
+    ``cross_acc`` averages the two halves' accuracies instead. They agree when the even- and odd-index halves are
+    the same size (CIFAR-10's 10,000 test images: 5,000 each) and differ slightly otherwise."""
     out = {}
     for key, _ in KINDS:
         mine, theirs = metrics.get(f"test_{key}"), metrics.get(f"base_test_{key}")
