@@ -30,7 +30,9 @@
 # needed: two retrains fit a call on a cold machine); the default is multirun_summaries/runs/gpu_authors/
 # authors_base_<noise>_s<seed> when it holds flagged.npz (or flagged.csv) files (committed from an earlier call); FROM= (empty)
 # uses the warm cache instead.
-# Publish: unpack each call's $OUT/results.tgz (every result.json under RUNS so far, and the base sweep's flagged.csv)
+# Publish: python scripts/gpu/publish_authors.py <files_at of each call, in order> --label '<date> (H200, code <sha>)' does
+# every step below (never overwriting a published file) and regenerates the summaries, curves and overlaps. By hand:
+# unpack each call's $OUT/results.tgz (every result.json under RUNS so far, and the base sweep's flagged.csv)
 # into multirun_summaries/runs/gpu_authors/ (then python -m gradsift.handoff <each authors_base_* job folder>: the
 # flags as sample indices + one bit each, ~4 kB, so the tree and .gpu/c10 stay under a call's 64 MiB), then python experiments/summarize.py multirun_summaries/runs/gpu_authors
 # --table oga.table2_cifar_n_resnet34_authors --accuracy best --paired --out multirun_summaries/table2_cifar10n_authors_best (and --accuracy
@@ -136,7 +138,8 @@ for p in sorted(pathlib.Path(sys.argv[1]).rglob("result.json")):
     print(f"{r.get('status')} {r.get('method')} | {r.get('config', {}).get('data', {}).get('noise')} s{r.get('seed')} | "
           f"base {f('base_test_acc')} best {f('base_test_best_acc')} cross {f('base_test_cross_acc')} | "
           f"retrained {f('test_acc')} best {f('test_best_acc')} cross {f('test_cross_acc')} | "
-          f"trimmed {m.get('n_trimmed')} precision {f('precision')} auc {f('detection_auc')}")
+          f"trimmed {m.get('n_trimmed')} precision {f('precision')} auc {f('detection_auc')}"
+          + (f" | McNemar p best {m['test_best_vs_base']['p']:.2g}" if "test_best_vs_base" in m else ""))
 EOF
 grep -h "Error" $RUNS/*.log 2>/dev/null | sort | uniq -c | head -20 >> $OUT/progress.txt
 ls $OUT

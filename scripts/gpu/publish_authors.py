@@ -1,0 +1,156 @@
+"""Publish what `scripts/gpu/authors.sh` calls brought back: the steps its header lists, in one command.
+
+    .venv/bin/python scripts/gpu/publish_authors.py /work/.device/2 /work/.device/3 \\
+        --label "2026-12-05 (H200, code abc1234)"
+
+For each call folder (what `run` put under `files_at`: `command.txt`, `progress.txt`, `results.tgz`, maybe
+`parallel.json`), in the order given:
+1. unpacks `results.tgz` into `--runs` (default `multirun_summaries/runs/gpu_authors`). A file already there with
+   other bytes is never overwritten: a `result.json` that differs stops the script (two runs in one job folder), a
+   `*.log.tail` that differs is written beside it with the call's suffix (`parallel_worst_s1.log.tail` ->
+   `parallel_worst_s1.<suffix>.log.tail`);
+2. copies `parallel.json` to `parallel_<noise>_s<seed>_<methods>.json` (from the call's `gradsift.parallel` line);
+3. appends the call's `command.txt` and `progress.txt` to `COMMANDS.txt` and `progress.txt` under a
+   `== call <label> <letter>` header;
+4. compacts each new `authors_base_*` job's `flagged.csv` to `flagged.npz` (`gradsift.handoff`).
+Then (unless `--no-summaries`) regenerates the three summaries (`--accuracy best|final|cross --paired`), the curves
+and the overlap of the flagged sets. Nothing is committed: read `git status` and `git diff`, then commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import shlex
+import string
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RUNS = REPO / "multirun_summaries" / "runs" / "gpu_authors"
+TABLE = "oga.table2_cifar_n_resnet34_authors"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def unpack(archive: Path, runs: Path, suffix: str) -> list[str]:
+    """Extract ``archive`` into ``runs`` without overwriting; returns one line per file written or renamed. Every
+    member is checked before any is written, so a refused archive leaves ``runs`` as it was."""
+    plan: list[tuple[Path, bytes]] = []
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            rel = Path(member.name)
+            if rel.is_absolute() or ".." in rel.parts:
+                raise ValueError(f"{archive}: member {member.name!r} points outside the results folder")
+            data = tar.extractfile(member).read()
+            dst = runs / rel
+            if dst.exists():
+                if _digest(dst.read_bytes()) == _digest(data):
+                    continue  # the same file, brought back again by a later call of the same warm machine
+                if dst.name.endswith(".log.tail"):
+                    stem = dst.name.removesuffix(".log.tail")
+                    if any(_digest(o.read_bytes()) == _digest(data) for o in dst.parent.glob(f"{stem}.*.log.tail")):
+                        continue  # published beside it by an earlier call already
+                    dst = dst.with_name(f"{stem}.{suffix}.log.tail")
+                elif dst.name == "multirun.yaml":
+                    continue  # a sweep folder's config, rewritten by each run of the sweep: the first one stays
+                else:
+                    raise FileExistsError(f"{dst}: already published with other contents; {archive} brings "
+                                          "another version (two runs in one job folder?): nothing overwritten")
+            plan.append((dst, data))
+    for dst, data in plan:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(data)
+    return [str(dst.relative_to(runs)) for dst, _ in plan]
+
+
+def parallel_name(command_txt: str) -> str | None:
+    """``parallel_<noise>_s<seed>_<m1>_<m2>.json`` from the call's ``gradsift.parallel`` line (None without one)."""
+    line = next((ln for ln in command_txt.splitlines() if "gradsift.parallel" in ln), None)
+    if line is None:
+        return None
+    words = shlex.split(line.replace("$OUT", "OUT"))
+    noise = next(w.split("=", 1)[1] for w in words if w.startswith("data.noise="))
+    seed = next(w.split("=", 1)[1] for w in words if w.startswith("seed="))
+    methods = [w.split("=", 1)[1] for w in words if w.startswith("+table2_authors=")]
+    return f"parallel_{noise}_s{seed}_{'_'.join(methods)}.json"
+
+
+def publish_call(call: Path, runs: Path, header: str, suffix: str) -> list[str]:
+    """Steps 1-3 for one call folder; returns what was written."""
+    for need in ("command.txt", "results.tgz"):
+        if not (call / need).is_file():
+            raise FileNotFoundError(f"{call / need}: missing (expected the files of one authors.sh call)")
+    written = unpack(call / "results.tgz", runs, suffix)
+    command = (call / "command.txt").read_text()
+    name = parallel_name(command)
+    if name and (call / "parallel.json").is_file():
+        dst = runs / name
+        if dst.exists() and dst.read_bytes() != (call / "parallel.json").read_bytes():
+            dst = runs / name.replace(".json", f".{suffix}.json")
+        dst.write_bytes((call / "parallel.json").read_bytes())
+        written.append(dst.name)
+    with open(runs / "COMMANDS.txt", "a") as f:
+        f.write(f"== call {header}\n{command}" + ("" if command.endswith("\n") else "\n"))
+    progress = (call / "progress.txt").read_text() if (call / "progress.txt").is_file() else ""
+    with open(runs / "progress.txt", "a") as f:
+        f.write(f"== call {header}\n{progress}" + ("" if progress.endswith("\n") or not progress else "\n"))
+    return written
+
+
+def _rel(path: Path | str) -> str:
+    """``path`` relative to the repository where it is inside it (so the commands the summaries record read as the
+    docs quote them), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _run(*cmd: str) -> None:
+    print("$", " ".join(shlex.quote(c) for c in cmd))
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def regenerate(runs: Path, out_dir: Path) -> None:
+    py = sys.executable
+    for acc in ("best", "final", "cross"):
+        _run(py, "experiments/summarize.py", _rel(runs), "--table", TABLE, "--accuracy", acc, "--paired",
+             "--out", _rel(out_dir / f"table2_cifar10n_authors_{acc}"))
+    curves = sorted(_rel(p) for p in runs.glob("authors_*_s*_*") if p.is_dir() and not p.name.startswith("authors_base"))
+    _run(py, "-m", "gradsift.viz.curves", *curves, "--out", _rel(out_dir / "table2_cifar10n_authors_curves"),
+         "--band", "minmax", "--title", "OGA Table 2, authors' recipe: test accuracy per epoch (CIFAR-10N, ResNet-34, H200)")
+    bases = sorted(_rel(p) for p in runs.glob("authors_base_*") if p.is_dir() and any(p.glob("*/flagged.*")))
+    if bases:
+        _run(py, "-m", "gradsift.overlap", *bases, "--out", _rel(out_dir / "table2_cifar10n_authors_overlap"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("calls", nargs="+", type=Path, help="call folders (files_at of each run), in the order they ran")
+    p.add_argument("--label", required=True, help="e.g. '2026-12-05 (H200, code abc1234)'; each call adds a letter")
+    p.add_argument("--runs", type=Path, default=RUNS)
+    p.add_argument("--summaries", type=Path, default=REPO / "multirun_summaries")
+    p.add_argument("--no-summaries", action="store_true", help="publish the files only")
+    args = p.parse_args(argv)
+    stamp = re.sub(r"[^0-9a-z]+", "", args.label.split()[0].lower()) or "call"
+    for letter, call in zip(string.ascii_lowercase, args.calls):
+        written = publish_call(call, args.runs, f"{args.label} {letter}", f"{stamp}{letter}")
+        print(f"{call}: {len(written)} file(s) published" + "".join(f"\n  {w}" for w in written))
+    new_flags = sorted({p.parent for p in args.runs.glob("authors_base_*/*/flagged.csv")})
+    if new_flags:
+        _run(sys.executable, "-m", "gradsift.handoff", *map(str, new_flags))
+    if not args.no_summaries:
+        regenerate(args.runs, args.summaries)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
