@@ -352,3 +352,21 @@ def test_console_table_is_not_cut_when_output_goes_to_a_file(capsys) -> None:
                   "metrics": {name: 0.5, "detection_acc": 0.97}})
     out = capsys.readouterr().out
     assert name in out and "…" not in out
+
+
+def test_a_table_with_empty_sub_tables_summarizes_the_label_set_that_ran(tmp_path):
+    """methods.methods_cifar10n_5k has sub-tables worst and aggregate and no paper numbers; a sweep of `worst` alone
+    (methods.sh NOISE=worst) raised KeyError 'aggregate' while writing the markdown."""
+    import json as _json
+
+    from gradsift.summarize import write_summary as _write
+
+    rec = {"status": "ok", "method": "Outlier Gradient (L2)", "seed": 0, "budget": {"kind": "fraction", "value": 0.05},
+           "config": {"data": {"dataset": "cifar10n_5k", "noise": "worst"}},
+           "metrics": {"detection_auc": 0.7, "precision": 0.6, "test_acc": 0.8, "base_test_acc": 0.79},
+           "timings": {"attribution_s": 1.0}}
+    (tmp_path / "r0").mkdir()
+    (tmp_path / "r0" / "result.json").write_text(_json.dumps(rec))
+    summary, md = _write([tmp_path], "methods.methods_cifar10n_5k", tmp_path / "out" / "m")
+    assert "### worst" in md and "### aggregate" not in md and list(summary.cells) == ["worst"]
+    assert (tmp_path / "out" / "m.png").exists()

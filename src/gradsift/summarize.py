@@ -611,6 +611,8 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: I
     ordered: dict[str, dict[str, dict[str, Cell]]] = {}
     for sub in list(table.paper) + sorted(set(cells) - set(table.paper)):
         rows = cells.get(sub, {})
+        if not rows:  # a sub-table with neither paper numbers nor runs (a sweep of one CIFAR-N label set): left out
+            continue
         order: list[str] = []
         for row in table.paper.get(sub, {}):
             order += [row] if row in rows else sorted(variants.get((sub, row), ()))
