@@ -66,6 +66,15 @@ def compress_npz(src: Path, dst: Path) -> None:
     tmp.replace(dst)
 
 
+def _up_to_date(rel: str, src: Path, dst: Path) -> bool:
+    """A copied file: the same size as its source; a compressed one: deflated, with the source's arrays."""
+    if not dst.is_file():
+        return False
+    if rel in COMPRESS:
+        return is_compressed(dst) and same_arrays(src, dst)
+    return dst.stat().st_size == src.stat().st_size
+
+
 def build_set(name: str, data: Path, out: Path) -> list[str]:
     """Write input set ``name`` under ``out/name`` from ``data``; returns one line per file (what was done)."""
     lines = []
@@ -73,8 +82,7 @@ def build_set(name: str, data: Path, out: Path) -> list[str]:
         src, dst = data / rel, out / name / rel
         if not src.is_file():
             raise FileNotFoundError(f"{src}: missing (expected the data folder of ../shared/data, see --data)")
-        if dst.is_file() and (dst.stat().st_size == src.stat().st_size and rel not in COMPRESS
-                              or rel in COMPRESS and is_compressed(dst) and same_arrays(src, dst)):
+        if _up_to_date(rel, src, dst):
             lines.append(f"{dst}: up to date ({dst.stat().st_size:,} B)")
             continue
         if rel in COMPRESS:

@@ -27,11 +27,12 @@ def test_pairs_count_shared_samples_and_jaccard_by_hand(tmp_path):
     _run(sweep / "2_c", "C", [9])
     compact_flags(sweep / "2_c")  # the committed form (flagged.npz) reads the same
     _run(sweep / "3_failed", "D", [0], status="failed")  # not a finished run: left out
-    df = overlap.overlap_table([sweep])
+    by_sweep = overlap.read_sweeps([sweep])
+    df = overlap.overlap_table(by_sweep)
     got = {(r.method_a, r.method_b): (r.n_a, r.n_b, r.shared, r.jaccard) for r in df.itertuples()}
     assert got == {("A", "B"): (4, 3, 2, pytest.approx(2 / 5)), ("A", "C"): (4, 1, 0, 0.0),
                    ("B", "C"): (3, 1, 0, 0.0)}
-    md = overlap.to_markdown(df, [sweep], "cmd")
+    md = overlap.to_markdown(df, by_sweep, "cmd")
     assert "| (1) A | 4 | 0.500 | — | 2 (0.40) | 0 (0.00) |" in md and "| (2) B | 3 | — |" in md
 
 

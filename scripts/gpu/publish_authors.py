@@ -20,7 +20,6 @@ and the overlap of the flagged sets. Nothing is committed: read `git status` and
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import shlex
 import string
@@ -32,10 +31,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "multirun_summaries" / "runs" / "gpu_authors"
 TABLE = "oga.table2_cifar_n_resnet34_authors"
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def unpack(archive: Path, runs: Path, suffix: str) -> list[str]:
@@ -52,11 +47,11 @@ def unpack(archive: Path, runs: Path, suffix: str) -> list[str]:
             data = tar.extractfile(member).read()
             dst = runs / rel
             if dst.exists():
-                if _digest(dst.read_bytes()) == _digest(data):
+                if dst.read_bytes() == data:
                     continue  # the same file, brought back again by a later call of the same warm machine
                 if dst.name.endswith(".log.tail"):
                     stem = dst.name.removesuffix(".log.tail")
-                    if any(_digest(o.read_bytes()) == _digest(data) for o in dst.parent.glob(f"{stem}.*.log.tail")):
+                    if any(o.read_bytes() == data for o in dst.parent.glob(f"{stem}.*.log.tail")):
                         continue  # published beside it by an earlier call already
                     dst = dst.with_name(f"{stem}.{suffix}.log.tail")
                 elif dst.name == "multirun.yaml":

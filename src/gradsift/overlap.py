@@ -47,16 +47,20 @@ def flagged_sets(sweep: str | Path) -> dict[str, tuple[frozenset[int], float | N
     return out
 
 
-def overlap_table(sweeps: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per sweep and pair of methods: ``n_a``, ``n_b`` flagged, ``shared`` (flagged by both) and ``jaccard``
-    (shared / flagged by either; 0 where neither flags anything)."""
+def read_sweeps(sweeps: Sequence[str | Path]) -> dict[str, dict[str, tuple[frozenset[int], float | None]]]:
+    """:func:`flagged_sets` of each sweep, keyed by the sweep folder's name (each folder read once)."""
+    return {Path(sweep).name: flagged_sets(sweep) for sweep in sweeps}
+
+
+def overlap_table(by_sweep: dict[str, dict[str, tuple[frozenset[int], float | None]]]) -> pd.DataFrame:
+    """One row per sweep of :func:`read_sweeps` and pair of methods: ``n_a``, ``n_b`` flagged, ``shared`` (flagged
+    by both) and ``jaccard`` (shared / flagged by either; 0 where neither flags anything)."""
     rows = []
-    for sweep in sweeps:
-        sets = flagged_sets(sweep)
+    for name, sets in by_sweep.items():
         for a, b in itertools.combinations(sorted(sets), 2):
             (sa, _), (sb, _) = sets[a], sets[b]
             union = len(sa | sb)
-            rows.append({"sweep": Path(sweep).name, "method_a": a, "method_b": b, "n_a": len(sa), "n_b": len(sb),
+            rows.append({"sweep": name, "method_a": a, "method_b": b, "n_a": len(sa), "n_b": len(sb),
                          "shared": len(sa & sb), "jaccard": len(sa & sb) / union if union else 0.0})
     return pd.DataFrame(rows, columns=["sweep", "method_a", "method_b", "n_a", "n_b", "shared", "jaccard"])
 
@@ -70,14 +74,14 @@ def _matrix(df: pd.DataFrame, sweep: str, value: str) -> pd.DataFrame:
     return m
 
 
-def to_markdown(df: pd.DataFrame, sweeps: Sequence[str | Path], command: str) -> str:
+def to_markdown(df: pd.DataFrame, by_sweep: dict[str, dict[str, tuple[frozenset[int], float | None]]],
+                command: str) -> str:
     """One matrix per sweep: samples both methods flag, with the Jaccard index in brackets; each method's
     precision (share of wrong labels among its flagged) in the first column."""
     out = ["# Overlap of the trimmed sets", "", f"`{command}`", "",
            "Per pair of methods: training samples both flag, (Jaccard index = both / either). Precision: the share of "
            "wrong labels among a method's flagged samples (its run's `metrics.precision`).", ""]
-    for sweep in sweeps:
-        name, sets = Path(sweep).name, flagged_sets(sweep)
+    for name, sets in by_sweep.items():
         shared, jac = _matrix(df, name, "shared"), _matrix(df, name, "jaccard")
         methods = list(shared.index)
         out += [f"## {name}", "", "| method | flagged | precision | " + " | ".join(f"({i + 1})" for i in
@@ -91,7 +95,7 @@ def to_markdown(df: pd.DataFrame, sweeps: Sequence[str | Path], command: str) ->
     return "\n".join(out)
 
 
-def plot(df: pd.DataFrame, sweeps: Sequence[str | Path], path: str | Path) -> Path:
+def plot(df: pd.DataFrame, names: Sequence[str], path: str | Path) -> Path:
     """One Jaccard heatmap per sweep, methods numbered as in the markdown."""
     import matplotlib
 
@@ -100,7 +104,6 @@ def plot(df: pd.DataFrame, sweeps: Sequence[str | Path], path: str | Path) -> Pa
 
     from gradsift.viz import save_figure
 
-    names = [Path(s).name for s in sweeps]
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names) + 1.6, 3.8), squeeze=False)
     for n, (ax, name) in enumerate(zip(axes[0], names)):
         jac = _matrix(df, name, "jaccard")
@@ -127,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweeps", nargs="+", help="sweep folders, each one base model's runs (one job per method)")
     p.add_argument("--out", required=True, help="output stem (.csv, .md and .png are written)")
     args = p.parse_args(argv)
-    df = overlap_table(args.sweeps)
+    by_sweep = read_sweeps(args.sweeps)
+    df = overlap_table(by_sweep)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out.with_suffix(".csv"), index=False, float_format="%.4f")
     command = "python -m gradsift.overlap " + " ".join(args.sweeps) + f" --out {args.out}"
-    md = to_markdown(df, args.sweeps, command)
+    md = to_markdown(df, by_sweep, command)
     out.with_suffix(".md").write_text(md + "\n")
-    plot(df, args.sweeps, out.with_suffix(".png"))
+    plot(df, list(by_sweep), out.with_suffix(".png"))
     print(md)
     return 0
 

@@ -64,8 +64,8 @@ def paired_test(base: np.ndarray, other: np.ndarray) -> dict[str, float | int]:
     return {"n": n, "gain": (c - b) / n if n else float("nan"), "only_base": b, "only_other": c, "se": se, "p": p}
 
 
-#: (correctness key of a fit's test metrics, accuracy it goes with): final epoch, best epoch, cross-selected epoch
-KINDS = (("correct", "acc"), ("best_correct", "best_acc"), ("cross_correct", "cross_acc"))
+#: correctness keys of a fit's test metrics: final epoch, best epoch, cross-selected epoch
+KINDS = ("correct", "best_correct", "cross_correct")
 
 
 def versus_base(metrics: Mapping[str, object]) -> dict[str, dict]:
@@ -77,7 +77,7 @@ def versus_base(metrics: Mapping[str, object]) -> dict[str, dict]:
     ``cross_acc`` averages the two halves' accuracies instead. They agree when the even- and odd-index halves are
     the same size (CIFAR-10's 10,000 test images: 5,000 each) and differ slightly otherwise."""
     out = {}
-    for key, _ in KINDS:
+    for key in KINDS:
         mine, theirs = metrics.get(f"test_{key}"), metrics.get(f"base_test_{key}")
         if isinstance(mine, str) and isinstance(theirs, str):
             a, b = unpack(theirs), unpack(mine)

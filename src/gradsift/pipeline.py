@@ -79,11 +79,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         if cfg.get("retrain", True):
             test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = artifacts.retrain(
                 cfg, datamodule, train.index[~remove], art.model_key)
-            metrics.update({f"test_{k}": v for k, v in training.with_best_epoch(test).items()})
-            metrics.update(paired.versus_base(metrics))  # McNemar's test against the base model, same test samples
-            log.info("retrain on %d kept samples (%s): test %s", int((~remove).sum()),
-                     "cached" if result["retrain_cache_hit"] else "trained",
-                     ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
+            _record_retrain(metrics, test, int((~remove).sum()), result["retrain_cache_hit"])
         else:  # detection only (dropout Table 1): the scores and their AUC against the flip mask are the result
             result["finished_at"] = now()
         lds_s = 0.0
@@ -108,6 +104,18 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         log_run(cfg, result, attribution.flagged, datamodule)
         log.info("wrote %s: %s", output_dir, ", ".join(sorted(p.name for p in output_dir.iterdir() if p.is_file())))
     return result
+
+
+def _record_retrain(metrics: dict, test: dict, n_kept: int, cache_hit: bool) -> None:
+    """Add a retrain's test metrics to ``metrics`` and log them.
+
+    ``test_*`` with the best and cross-selected epochs (:func:`gradsift.training.with_best_epoch`), and the McNemar
+    test against the base model on the same test samples (:func:`gradsift.paired.versus_base`).
+    """
+    metrics.update({f"test_{k}": v for k, v in training.with_best_epoch(test).items()})
+    metrics.update(paired.versus_base(metrics))
+    log.info("retrain on %d kept samples (%s): test %s", n_kept, "cached" if cache_hit else "trained",
+             ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
 
 
 def _describe(cfg: DictConfig, choices: dict | None, result: dict) -> tuple[Scorer, Trim, str]:
@@ -158,11 +166,7 @@ def retrain_from(cfg: DictConfig, output_dir: str | Path, choices: dict | None =
         model_key = artifacts.model_key(cfg)
         test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = artifacts.retrain(
             cfg, datamodule, index[~remove], model_key)
-        metrics.update({f"test_{k}": v for k, v in training.with_best_epoch(test).items()})
-        metrics.update(paired.versus_base(metrics))
-        log.info("retrain on %d kept samples (%s): test %s", int((~remove).sum()),
-                 "cached" if result["retrain_cache_hit"] else "trained",
-                 ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
+        _record_retrain(metrics, test, int((~remove).sum()), result["retrain_cache_hit"])
         result.update(base_key=rec.get("base_key"), model_key=model_key, metrics=metrics)
         result["timings"] = {**{k: v for k, v in rec.get("timings", {}).items() if k not in ("retrain_s", "total_s")},
                              "retrain_s": retrain_s, "total_s": time.perf_counter() - t_start}

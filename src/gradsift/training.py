@@ -209,7 +209,7 @@ def fit_and_evaluate(cfg: DictConfig, datamodule: NoisyLabelDataModule, callback
     if curve is not None:
         metrics = with_best_epoch({**metrics, "curve": curve.values, "curve_halves": curve.halves,
                                    **({"curve_correct": curve.correct, "curve_index": curve.index}
-                                      if curve.correct and len(curve.correct) == len(curve.values) else {})})
+                                      if curve.correct else {})})  # with_best_epoch checks one vector per epoch
     log.info("%s model: trained in %.2f s; test %s", stage, seconds,
              ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     return model, metrics, seconds
