@@ -193,6 +193,49 @@ def test_committed_authors_flags_still_stand_in_for_the_preset(tmp_path):
         assert found == job, f"{job.parent.name} / {method}: matched {found.name}"
 
 
+def _authors_cfg(job, method, tmp_path, *extra):
+    from tests.test_config import _compose
+
+    rec = json.loads((job / "result.json").read_text())
+    speed = ["trainer.precision=bf16-mixed", "model.cuda_graph=true", "model.optimizer.fused=true", "data.device=cuda",
+             "fill_uninitialized_memory=false"]  # authors.sh SPEED_ARGS
+    return _compose(["experiment=table2_cifar10n_authors", "data.source=jpeg", f"data.noise={rec['config']['data']['noise']}",
+                     f"seed={rec['seed']}", "trainer.enable_progress_bar=false", "torch_threads=4", "gallery=0",
+                     f"paths.cache_dir={tmp_path}", *speed, f"+table2_authors={method}", f"retrain_from={job.parent}",
+                     *extra], hydra_runtime=tmp_path)
+
+
+def test_the_controls_retrain_from_every_committed_authors_base_call(tmp_path, shared_data):
+    """`authors.sh MODE=retrain METHODS=random,none` on a cold machine: every committed base call stands in for both
+    controls, and the random 5% scored here is, row for row, what the 2026-12-04 base call's own random run flagged
+    (real CIFAR-10N, 50,000 training rows: the datamodule's row order is the gathered gradients')."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+
+    from gradsift import handoff
+
+    root = Path(__file__).resolve().parents[1] / "multirun_summaries" / "runs" / "gpu_authors"
+    sweeps = sorted({p.parent.parent for p in root.glob("authors_base_*/*/flagged.npz")})
+    if not sweeps:
+        pytest.skip(f"no committed flags under {root}")
+    for sweep in sweeps:
+        job = next(p.parent for p in sorted(sweep.glob("*/result.json")))
+        for method in ("random", "none"):
+            found, rec = handoff.find_detection_run(_authors_cfg(job, method, tmp_path), sweep)
+            assert found.parent == sweep and rec["metrics"]["base_test_best_acc"] > 0.5, (sweep.name, method)
+    own = [p.parent for p in root.glob("authors_base_*/*/flagged.npz") if "table2_authors=random," in p.parent.name]
+    if not own:
+        pytest.skip("no committed detection run of the random control")
+    cfg = _authors_cfg(own[0], "random", tmp_path, f"paths.data_dir={shared_data}")
+    dm = instantiate(cfg.data, device="cpu")  # the rows' order does not depend on where the tensors live
+    dm.setup()
+    found, _, _, index, remove = handoff.kept_rows(cfg, dm)
+    committed = handoff.read_flag_table(own[0] / "flagged.npz").set_index("index")["flagged"].reindex(index)
+    assert found == own[0] and remove.sum() == 2500
+    np.testing.assert_array_equal(remove, committed.to_numpy(bool))
+
+
 def test_parallel_refuses_a_model_with_active_dropout_unless_told(tmp_path):
     """Dropout draws from the one generator the threads share: such retrains would not equal those alone."""
     from omegaconf import open_dict
@@ -242,3 +285,42 @@ def test_loaders_draw_nothing_from_the_global_rng(tmp_path, fake):  # noqa: F811
             for _ in loader:
                 pass
         assert torch.equal(torch.rand(3), expected), f"loader {i} drew from the global RNG"
+
+
+def test_a_scorer_that_needs_no_model_retrains_from_another_scorers_run_with_its_own_flags(tmp_path, stages):
+    """The random control from a base call that never scored it: its flags are computed in the retrain job, equal to
+    the ones its own detection run writes, and only the base model's facts come from the other scorer's run."""
+    det = pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "sweep" / "0", {"scorer": "l2"})
+    own = pipeline.run(_cfg(tmp_path, "scorer=random", "retrain=false"), tmp_path / "own", {"scorer": "random"})
+    assert stages == ["base"]  # the second detection run found the base model in the cache
+    (tmp_path / "sweep" / "0" / "flagged.csv").unlink()  # not needed: the scorer needs no model
+    res = pipeline.run(_cfg(tmp_path / "other", "scorer=random", f"retrain_from={tmp_path / 'sweep'}"),
+                       tmp_path / "re", {"scorer": "random"})
+    assert stages == ["base", "retrain"] and res["status"] == "ok"
+    assert res["retrain_from"]["scored_here"] is True and res["retrain_from"]["path"] == str(tmp_path / "sweep" / "0")
+    flags = pd.read_csv(tmp_path / "re" / "flagged.csv")
+    assert flags.equals(pd.read_csv(tmp_path / "own" / "flagged.csv"))  # the same rows as its own detection run
+    np.testing.assert_array_equal(np.load(tmp_path / "re" / "scores.npy"), np.load(tmp_path / "own" / "scores.npy"))
+    m = res["metrics"]
+    for k in ("detection_auc", "precision", "n_trimmed", "true_positives"):  # its own detection, not the L2 run's
+        assert m[k] == own["metrics"][k]
+    assert m["detection_auc"] != det["metrics"]["detection_auc"]
+    assert m["base_test_acc"] == det["metrics"]["base_test_acc"] == own["metrics"]["base_test_acc"]
+    assert res["timings"]["gradients_s"] == 0.0 and res["timings"]["train_s"] == det["timings"]["train_s"]
+    # one job doing both finds that retrain in the cache: the same kept rows under the same base model
+    full = pipeline.run(_cfg(tmp_path / "other", "scorer=random"), tmp_path / "full", {"scorer": "random"})
+    assert full["retrain_cache_hit"] is True and full["metrics"]["test_acc"] == m["test_acc"]
+    # a run of another base model will not do, and the message says what it looked for
+    with pytest.raises(ValueError, match=r"(?s)trained this run's base model.*differs in (data.seed, )?seed"):
+        pipeline.run(_cfg(tmp_path, "scorer=random", "seed=1", f"retrain_from={tmp_path / 'sweep'}"), tmp_path / "x")
+
+
+def test_nothing_deleted_retrains_on_every_sample(tmp_path, stages):
+    """trim.count=0 with the random scorer: the retrain protocol alone (the authors' retrain is shuffled, their base
+    model not), from another scorer's detection run."""
+    pipeline.run(_cfg(tmp_path, "scorer=l2", "retrain=false"), tmp_path / "det")
+    res = pipeline.run(_cfg(tmp_path, "scorer=random", "trim.count=0", f"retrain_from={tmp_path / 'det'}"),
+                       tmp_path / "re")
+    assert res["status"] == "ok" and res["metrics"]["n_trimmed"] == 0 and stages == ["base", "retrain"]
+    flags = pd.read_csv(tmp_path / "re" / "flagged.csv")
+    assert len(flags) == len(pd.read_csv(tmp_path / "det" / "flagged.csv")) and not flags["flagged"].any()

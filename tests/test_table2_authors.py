@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch import nn
 
 from gradsift import pipeline
@@ -209,6 +210,10 @@ def test_preset_is_the_authors_recipe():
     control = _compose("+table2_authors=random")  # ours, beyond the paper: any 5%, at random
     assert control.scorer._target_ == "gradsift.scoring.random.RandomScorer" and control.get("paper_row") is None
     assert (control.trim.selection, control.trim.budget) == ("budget", 0.05) and "control" in control.method
+    keep_all = _compose("+table2_authors=none")  # ours: the retrain protocol alone (shuffled, nothing deleted)
+    assert keep_all.scorer._target_ == "gradsift.scoring.random.RandomScorer" and keep_all.trim.count == 0
+    assert instantiate(keep_all.trim).n_remove(50_000) == 0 and "nothing deleted" in keep_all.method
+    assert dict(keep_all.data.shuffle) == {"base": False, "retrain": True}
 
 
 def test_preset_runs_end_to_end_on_cpu_with_best_epoch_accuracy(tmp_path, shared_data):

@@ -16,8 +16,10 @@
 # last as long as the machine stays warm, so make the calls of one (noise, seed) back to back. A cold machine trains
 # the base model again (it is keyed by its config, so the numbers are the same up to GPU nondeterminism). A retrain
 # call finding no cached base model trains it first, which leaves time for about one retrain.
-# Methods: l1, l2, iforest, tracin, self_confidence (conf/table2_authors/), and random (a control of ours, not in the
-# paper: 5% deleted at random; base calls from 2026-12-04 on score it too); Cross Entropy is the untrimmed base model,
+# Methods: l1, l2, iforest, tracin, self_confidence (conf/table2_authors/), and two controls of ours, not in the paper:
+# random (5% deleted at random) and none (nothing deleted: the retrain's shuffled order alone, against the base model's
+# unshuffled one). Neither needs a model (Scorer.needs_model): both retrain from the committed flags of any base call,
+# the ones that never scored them included (gradsift.handoff scores them in the retrain job); Cross Entropy is the untrimmed base model,
 # filled from every run's base accuracy. A method starts only while RETRAIN_S (default 280) seconds are left before
 # LIMIT (default 540); the ones not started are listed in progress.txt ("not started"). Two retrains need about
 # 2 x (258 s training + ~20 s per-epoch test evaluation + ~15 s start-up), more than 540 s: if the first one's
@@ -30,7 +32,8 @@
 # needed: two retrains fit a call on a cold machine); the default is multirun_summaries/runs/gpu_authors/
 # authors_base_<noise>_s<seed> when it holds flagged.npz (or flagged.csv) files (committed from an earlier call); FROM= (empty)
 # uses the warm cache instead.
-# Publish: python scripts/gpu/publish_authors.py <files_at of each call, in order> --label '<date> (H200, code <sha>)' does
+# Publish: python scripts/gpu/publish_authors.py <files_at of each call, in order> --label '<date> (H200, code <sha>)'
+# (--rename authors_base_<noise>_s<seed>=authors_base_<noise>_s<seed>_<date> for a base call run again) does
 # every step below (never overwriting a published file) and regenerates the summaries, curves and overlaps. By hand:
 # unpack each call's $OUT/results.tgz (every result.json under RUNS so far, and the base sweep's flagged.csv)
 # into multirun_summaries/runs/gpu_authors/ (then python -m gradsift.handoff <each authors_base_* job folder>: the
@@ -84,8 +87,13 @@ sweep() {  # name overrides... : one Hydra multirun in RUNS, cut at the script's
 # retrains on a cold machine: the flags of a detection run (MODE=base) committed under multirun_summaries, instead of
 # the cached base model (experiments/run.py retrain_from=..., gradsift.handoff): no base model is trained
 # (or, on a warm machine or after MODE=all's base sweep, the base sweep's folder in RUNS)
-DET=multirun_summaries/runs/gpu_authors/authors_base_${NOISE}_s$SEED
-if [ -z "${FROM+x}" ] && [ "$MODE" = retrain ] && [ -n "$(find $DET -name 'flagged.*' 2>/dev/null | head -1)" ]; then
+# (the last in name order of authors_base_<noise>_s<seed> and its re-runs, authors_base_<noise>_s<seed>_<date>, that holds
+# flags: a base call run again on a cold machine is published under a dated name, publish_authors.py --rename)
+DET=""
+for d in multirun_summaries/runs/gpu_authors/authors_base_${NOISE}_s$SEED multirun_summaries/runs/gpu_authors/authors_base_${NOISE}_s${SEED}_*; do
+  [ -n "$(find $d -name 'flagged.*' 2>/dev/null | head -1)" ] && DET=$d
+done
+if [ -z "${FROM+x}" ] && [ "$MODE" = retrain ] && [ -n "$DET" ]; then
   FROM=$PWD/$DET
 elif [ -z "${FROM+x}" ] && [ "$MODE" != base ]; then
   FROM=$RUNS/authors_base_${NOISE}_s$SEED  # checked below, after MODE=all's base sweep

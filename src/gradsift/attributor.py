@@ -278,13 +278,28 @@ class Attributor:
         scores = self.scorer.fit_score(inputs)
         score_s = time.perf_counter() - t0
         self.timings["score_s"] = score_s
-        train = inputs.train
-        clean = _clean_labels(datamodule, train.index) if datamodule is not None else None
-        clean = train.labels if clean is None else clean
-        remove = self.trim.select(scores, self.scorer.predicted_outliers(), n_noisy=int((clean != train.labels).sum()))
-        flagged = pd.DataFrame({"index": train.index, "label": train.labels, "clean_label": clean, "score": scores,
-                                "flagged": remove}).sort_values("score", ascending=False, kind="stable")
+        flagged = flag_samples(inputs.train, scores, self.scorer, self.trim, datamodule)
         return Attribution(scores=scores, flagged=flagged, score_s=score_s)
+
+
+def flag_samples(train: GradientSet, scores: np.ndarray, scorer: Scorer, trim: Trim, datamodule=None) -> pd.DataFrame:
+    """The flagged table of scored training rows, most detrimental first.
+
+    Columns ``index``, ``label``, ``clean_label``, ``score``, ``flagged`` (True = trimmed); the pandas index is the
+    training row.
+
+    Args:
+        train: the training rows (their ``index`` and ``labels``; the gradients are not read).
+        scores: one score per row, higher = more detrimental.
+        scorer: the fitted scorer (its own outlier labels, for ``trim.selection=detector``).
+        trim: the trim rule.
+        datamodule: when it knows the clean labels, the table carries them (and ``n_noisy`` budgets count them).
+    """
+    clean = _clean_labels(datamodule, train.index) if datamodule is not None else None
+    clean = train.labels if clean is None else clean
+    remove = trim.select(scores, scorer.predicted_outliers(), n_noisy=int((clean != train.labels).sum()))
+    return pd.DataFrame({"index": train.index, "label": train.labels, "clean_label": clean, "score": scores,
+                         "flagged": remove}).sort_values("score", ascending=False, kind="stable")
 
 
 @torch.no_grad()

@@ -7,6 +7,11 @@ from there and only retrains. The retrain is cached under the same key as in one
 both ways give one cache entry. The OGA authors' recipe needs this on a GPU whose cache lasts only while it is warm:
 one call trains the 100-epoch base model and scores every method, later calls retrain
 (``scripts/gpu/authors.sh``, ``FROM=``).
+
+A scorer that needs no model (``Scorer.needs_model`` False: the random control, whose scores are drawn from the
+seed) needs no flags either: :func:`kept_rows` scores such a run here, and takes from the detection run of any scorer
+of the same base model (its :data:`MODEL_KEYS` sections equal) only the base model's facts. So a control can be
+retrained from the committed detection runs of a base call that never scored it.
 """
 
 from __future__ import annotations
@@ -32,14 +37,29 @@ FLAG_KEYS = [*MODEL_KEYS, "gradients", "compressor", "attribution", "scorer", "t
 FLAGGED_FILES = ("flagged.csv", "flagged.npz", "flagged.csv.gz")
 
 
-def differing_sections(cfg: DictConfig, recorded: dict) -> list[str]:
-    """The :data:`FLAG_KEYS` sections (dotted keys, one level down) where ``recorded`` differs from ``cfg``.
+def model_free(cfg: DictConfig) -> bool:
+    """Whether ``cfg.scorer`` scores without a model or gradients (its class sets ``needs_model = False``)."""
+    target = OmegaConf.select(cfg, "scorer._target_")
+    if not target:
+        return False
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(target)
+    except Exception:  # noqa: BLE001 - an unimportable scorer is refused where it is built, with its own message
+        return False
+    return not getattr(cls, "needs_model", True)
+
+
+def differing_sections(cfg: DictConfig, recorded: dict, keys: list[str] | None = None) -> list[str]:
+    """The ``keys`` sections (default :data:`FLAG_KEYS`; dotted keys, one level down) where ``recorded`` differs from
+    ``cfg``.
 
     :data:`gradsift.cache.LOCATION_KEYS` are left out.
     """
     here = OmegaConf.to_container(cfg, resolve=True)
     out = []
-    for key in FLAG_KEYS:
+    for key in FLAG_KEYS if keys is None else keys:
         a, b = without_locations(here.get(key)), without_locations(recorded.get(key))
         if a == b:
             continue
@@ -51,7 +71,8 @@ def differing_sections(cfg: DictConfig, recorded: dict) -> list[str]:
 
 
 def find_detection_run(cfg: DictConfig, path: str | Path) -> tuple[Path, dict]:
-    """The finished run under ``path`` whose scoring config is this run's.
+    """The finished run under ``path`` whose scoring config is this run's (for a :func:`model_free` scorer: that
+    run if there is one, else any finished run of the same base model, flags or not).
 
     Args:
         cfg: this run's config.
@@ -73,7 +94,10 @@ def find_detection_run(cfg: DictConfig, path: str | Path) -> tuple[Path, dict]:
     if not records:
         raise FileNotFoundError(f"retrain_from={path}: no result.json there or below it; expected the folder of a "
                                 "finished detection run (retrain=false) or of its sweep")
-    why = []
+    free = model_free(cfg)
+    keys = list(MODEL_KEYS) if free else FLAG_KEYS
+    why: list[str] = []
+    base_only: tuple[Path, dict] | None = None
     for file in records:
         try:
             rec = json.loads(file.read_text())
@@ -83,15 +107,25 @@ def find_detection_run(cfg: DictConfig, path: str | Path) -> tuple[Path, dict]:
         if rec.get("status") != "ok":
             why.append(f"{file}: status {rec.get('status')!r}, not 'ok'")
             continue
-        if not any((file.parent / name).exists() for name in FLAGGED_FILES):
+        if not free and not any((file.parent / name).exists() for name in FLAGGED_FILES):
             why.append(f"{file.parent}: no {' or '.join(FLAGGED_FILES)}")
             continue
-        if diff := differing_sections(cfg, rec.get("config", {})):
+        if free and not any(k.startswith("base_test_") for k in rec.get("metrics", {})):
+            why.append(f"{file.parent}: records no base model metrics (base_test_*)")
+            continue
+        if diff := differing_sections(cfg, rec.get("config", {}), keys):
             why.append(f"{file.parent}: differs in {', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}")
             continue
+        if free and differing_sections(cfg, rec.get("config", {})):
+            base_only = base_only or (file.parent, rec)  # this base model, another scorer: taken if no run of its own
+            continue
         return file.parent, rec
-    raise ValueError(f"retrain_from={path}: none of its {len(records)} run(s) flagged with this run's config "
-                     f"(sections {', '.join(FLAG_KEYS)} must be equal):\n  " + "\n  ".join(why[:20]))
+    if base_only:
+        return base_only
+    what = ("trained this run's base model (the scorer needs no model, so any scorer's run will do)" if free
+            else "flagged with this run's config")
+    raise ValueError(f"retrain_from={path}: none of its {len(records)} run(s) {what} (sections "
+                     f"{', '.join(keys)} must be equal):\n  " + "\n  ".join(why[:20]))
 
 
 def read_flags(folder: Path, sample_index: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
@@ -135,11 +169,34 @@ def kept_rows(cfg: DictConfig, datamodule) -> tuple[Path, dict, pd.DataFrame, np
 
     Returns:
         ``(detection run folder, its record, its flagged table, the training sample indices, removed mask)``.
+
+    For a :func:`model_free` scorer the flags are this run's own (:func:`score_here`): the table then has every
+    column a detection run writes, ``score`` and ``clean_label`` included.
     """
     source, rec = find_detection_run(cfg, cfg.retrain_from)
     index = np.asarray(getattr(datamodule.train_set, "index", np.arange(len(datamodule.train_set))))
+    if model_free(cfg):
+        flagged = score_here(cfg, datamodule, index)
+        return source, rec, flagged, index, flagged.sort_index()["flagged"].to_numpy(bool)
     flagged, remove = read_flags(source, index)
     return source, rec, flagged, index, remove
+
+
+def score_here(cfg: DictConfig, datamodule, index: np.ndarray) -> pd.DataFrame:
+    """The flagged table of a :func:`model_free` scorer, computed without a model: the scorer sees the training
+    rows (their indices, labels and the run's seed) and no gradient, as it would ignore them in a detection run."""
+    from hydra.utils import instantiate
+
+    from gradsift.attribution.gradient_set import GradientSet
+    from gradsift.attributor import flag_samples
+    from gradsift.scoring.base import ScoringInputs
+
+    ds = datamodule.train_set
+    labels = ds.column("label") if hasattr(ds, "column") else np.zeros(len(index), dtype=np.int64)
+    train = GradientSet(grads=np.zeros((len(index), 0), dtype=np.float32), index=index, labels=np.asarray(labels))
+    scorer, trim = instantiate(cfg.scorer), instantiate(cfg.trim)
+    scores = scorer.fit_score(ScoringInputs(train=train, seed=cfg.seed))
+    return flag_samples(train, scores, scorer, trim, datamodule)
 
 
 def read_flag_table(file: Path) -> pd.DataFrame:

@@ -160,19 +160,37 @@ def retrain_from(cfg: DictConfig, output_dir: str | Path, choices: dict | None =
         write_result(output_dir, result)
         datamodule: NoisyLabelDataModule = instantiate(cfg.data)
         datamodule.setup()
+        t_score = time.perf_counter()
         source, rec, flagged, index, remove = handoff.kept_rows(cfg, datamodule)
-        log.info("%s: %d of %d flagged by %s", method, int(remove.sum()), len(remove), source)
-        metrics = {k: v for k, v in rec.get("metrics", {}).items() if not k.startswith("test_")}
+        scored_here = handoff.model_free(cfg)
+        score_s = time.perf_counter() - t_score
+        log.info("%s: %d of %d flagged %s", method, int(remove.sum()), len(remove),
+                 f"here (no model needed), the base model of {source}" if scored_here else f"by {source}")
+        if scored_here:  # the source is another scorer's run of the same base model: only its base facts hold here
+            result["retrain_from"]["scored_here"] = True
+            metrics = {k: v for k, v in rec.get("metrics", {}).items() if k.startswith("base_test_")}
+            by_row = flagged.sort_index()
+            if getattr(datamodule, "has_noise_mask", True):
+                noise = by_row["label"].to_numpy() != by_row["clean_label"].to_numpy()
+                metrics.update(detection_metrics(remove, by_row["score"].to_numpy(), noise))
+            else:
+                metrics["n_trimmed"] = int(remove.sum())
+        else:
+            metrics = {k: v for k, v in rec.get("metrics", {}).items() if not k.startswith("test_")}
         model_key = artifacts.model_key(cfg)
         test, retrain_s, result["retrain_cache_hit"], result["finished_at"] = artifacts.retrain(
             cfg, datamodule, index[~remove], model_key)
         _record_retrain(metrics, test, int((~remove).sum()), result["retrain_cache_hit"])
         result.update(base_key=rec.get("base_key"), model_key=model_key, metrics=metrics)
-        result["timings"] = {**{k: v for k, v in rec.get("timings", {}).items() if k not in ("retrain_s", "total_s")},
-                             "retrain_s": retrain_s, "total_s": time.perf_counter() - t_start}
+        timings = {k: v for k, v in rec.get("timings", {}).items() if k not in ("retrain_s", "total_s")}
+        if scored_here:  # the source's gradients and scoring were another scorer's
+            timings.update(gradients_s=0.0, extras_s=0.0, score_s=score_s, attribution_s=score_s)
+        result["timings"] = {**timings, "retrain_s": retrain_s, "total_s": time.perf_counter() - t_start}
         result["status"] = "ok"
         flagged.to_csv(output_dir / "flagged.csv", index=False)
-        if (source / "scores.npy").exists():
+        if scored_here:
+            np.save(output_dir / "scores.npy", flagged.sort_index()["score"].to_numpy())
+        elif (source / "scores.npy").exists():
             np.save(output_dir / "scores.npy", np.load(source / "scores.npy"))
         log_run(cfg, result, flagged, datamodule)
     return result

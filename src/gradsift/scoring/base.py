@@ -64,6 +64,10 @@ class Scorer(ABC):
     #: ``"in_sample"``: probabilities of the trained model on its own training set; ``"kfold"``: out-of-sample
     #: probabilities of K models, each trained without one fold (the pipeline computes them; cleanlab's advice)
     probs: str = "in_sample"
+    #: False for a scorer whose scores depend on the run's seed and the number of training samples only (no model,
+    #: no gradients: the random control); ``retrain_from`` then scores the run itself and takes only the base model's
+    #: facts from a detection run of another scorer (:func:`gradsift.handoff.model_free`)
+    needs_model: bool = True
     #: name used in tables (the paper's row name)
     display_name: str = ""
 

@@ -11,6 +11,8 @@ class RandomScorer(Scorer):
     """Uniform [0, 1) scores drawn from ``inputs.seed`` (or ``seed`` when given), so a run is reproducible."""
 
     display_name = "Random"
+    #: the scores are a function of the seed and the number of samples: ``retrain_from`` needs no flags for them
+    needs_model = False
 
     def __init__(self, seed: int | None = None, display_name: str | None = None):
         self.seed = seed
