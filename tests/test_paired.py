@@ -107,3 +107,33 @@ def test_paired_summary_prints_each_seeds_mcnemar_p_beside_the_gain(tmp_path):
     assert forest.rstrip().endswith("| — |")
     _, final = write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "o2", paired=True)
     assert "McNemar" not in final  # the final-epoch column reads test_vs_base, which these runs lack
+
+
+def _write_run(folder, method, seed, vectors):
+    folder.mkdir(parents=True)
+    metrics = {f"test_{k}": paired.pack(np.array(v, dtype=bool)) for k, v in vectors.items()}
+    (folder / "result.json").write_text(json.dumps({"method": method, "seed": seed, "metrics": metrics}))
+    return folder
+
+
+def test_two_retrained_models_are_compared_image_by_image(tmp_path, capsys):
+    """gradsift-paired: a trimming rule against the random control of the same seed, both from their result.json."""
+    a = [1, 1, 0, 0, 1, 0, 1, 0]
+    b = [1, 0, 1, 1, 1, 1, 1, 0]  # right on 3 that A gets wrong, wrong on 1 that A gets right
+    control = _write_run(tmp_path / "random" / "0_x", "Random 5%", 0, {"correct": a, "best_correct": a})
+    rule = _write_run(tmp_path / "l1" / "0_y", "L1", 0, {"correct": b, "best_correct": a})
+    old = _write_run(tmp_path / "old", "L2", 1, {})  # recorded before the vectors
+    tests = paired.compare_runs(tmp_path / "random", rule / "result.json")  # a sweep folder with one run, a file
+    assert set(tests) == {"final", "best"}  # no cross vectors in either
+    assert tests["final"] == paired.paired_test(np.array(a, bool), np.array(b, bool))
+    assert (tests["final"]["only_base"], tests["final"]["only_other"], tests["final"]["gain"]) == (1, 3, 2 / 8)
+    assert tests["best"]["gain"] == 0 and tests["best"]["p"] == 1.0
+    assert paired.main([str(control), str(rule), str(old)]) == 1  # one run could not be paired: said, not raised
+    out = capsys.readouterr().out
+    assert "against Random 5% (seed 0)" in out and "final +25.00 (1 / 3)" in out
+    assert "L2 (seed 1: not the same seed)" in out and "not paired:" in out
+    _write_run(tmp_path / "short", "L1", 0, {"correct": [1, 0]})
+    with pytest.raises(ValueError, match="share one test set"):
+        paired.compare_runs(control, tmp_path / "short")
+    with pytest.raises(FileNotFoundError, match="expected one run"):
+        paired.compare_runs(tmp_path, rule)

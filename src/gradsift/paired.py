@@ -8,6 +8,9 @@ sample ``index``, as :func:`pack` strings; the pipeline turns the retrained mode
 :func:`paired_test` (``metrics.test_vs_base``, ``test_best_vs_base``, ``test_cross_vs_base``), and
 ``gradsift-summarize --paired`` prints the per-seed p-values beside the gains.
 
+Two retrained models compare the same way (``gradsift-paired A B``: a trimming rule against the random-5% control of
+the same seed, say): :func:`compare_runs` tests B against A at the final, best and cross-selected epochs.
+
 The test is McNemar's exact (binomial) test on the discordant pairs (McNemar 1947; the exact form as in
 ``statsmodels.stats.contingency_tables.mcnemar(exact=True)``), computed with :func:`scipy.stats.binomtest`.
 """
@@ -15,7 +18,9 @@ The test is McNemar's exact (binomial) test on the discordant pairs (McNemar 194
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -84,3 +89,74 @@ def versus_base(metrics: Mapping[str, object]) -> dict[str, dict]:
             if a.size == b.size:
                 out[f"test_{key.removesuffix('correct')}vs_base"] = paired_test(a, b)
     return out
+
+
+def _record(path: str | Path) -> tuple[Path, dict]:
+    """The ``result.json`` of a run folder (or of the one run below a sweep folder) and its record."""
+    path = Path(path)
+    files = [path] if path.is_file() else [path / "result.json"] if (path / "result.json").exists() else \
+        sorted(path.rglob("result.json"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"{path}: expected one run (a result.json, or a folder with one below it), found "
+                                f"{len(files)}")
+    return files[0], json.loads(files[0].read_text())
+
+
+def compare_runs(a: str | Path, b: str | Path) -> dict[str, dict]:
+    """:func:`paired_test` of run ``b``'s retrained model against run ``a``'s, per epoch kind.
+
+    Args:
+        a, b: run folders (or their ``result.json``), each recording ``metrics.test_<kind>correct``.
+
+    Returns:
+        ``{"final" | "best" | "cross": paired_test(...)}`` for the kinds both runs record.
+
+    Raises:
+        ValueError: the runs share no kind (a run from before the vectors were recorded), or their vectors differ in
+            length (different test sets).
+    """
+    (fa, ra), (fb, rb) = _record(a), _record(b)
+    out = {}
+    for key, name in zip(KINDS, ("final", "best", "cross")):
+        va, vb = ra.get("metrics", {}).get(f"test_{key}"), rb.get("metrics", {}).get(f"test_{key}")
+        if isinstance(va, str) and isinstance(vb, str):
+            x, y = unpack(va), unpack(vb)
+            if x.size != y.size:
+                raise ValueError(f"{fa} and {fb}: {x.size} vs {y.size} test samples; they must share one test set")
+            out[name] = paired_test(x, y)
+    if not out:
+        raise ValueError(f"{fa} and {fb}: no metrics.test_correct / test_best_correct / test_cross_correct in both "
+                         "(runs before the per-image correctness was recorded cannot be paired)")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``gradsift-paired A B [B ...]``: each B's retrained model against A's, McNemar's exact test per epoch kind."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="gradsift-paired", description=main.__doc__.split(": ", 1)[1])
+    p.add_argument("a", help="the reference run's folder (e.g. the random-5%% control)")
+    p.add_argument("b", nargs="+", help="the compared runs' folders")
+    args = p.parse_args(argv)
+    _, ra = _record(args.a)
+    print(f"against {ra.get('method')} (seed {ra.get('seed')}): gain in points, discordant test images "
+          "(only A right / only B right), paired standard error, McNemar's exact p")
+    rc = 0
+    for b in args.b:
+        _, rb = _record(b)
+        note = "" if rb.get("seed") == ra.get("seed") else f" (seed {rb.get('seed')}: not the same seed)"
+        print(f"{rb.get('method')}{note}")
+        try:
+            tests = compare_runs(args.a, b)
+        except ValueError as e:  # the other runs are still compared
+            print(f"  not paired: {e}")
+            rc = 1
+            continue
+        for kind, t in tests.items():
+            print(f"  {kind:5s} {100 * t['gain']:+.2f} ({t['only_base']} / {t['only_other']}), se {100 * t['se']:.2f}, "
+                  f"p {t['p']:.2g}")
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
