@@ -80,3 +80,34 @@ def test_a_different_result_in_a_published_job_folder_stops_it(tmp_path):
 def test_parallel_name_reads_noise_seed_and_methods():
     assert publish.parallel_name(PARALLEL) == "parallel_worst_s1_l1_tracin.json"
     assert publish.parallel_name("python3 experiments/run.py -m\n") is None
+
+
+def test_a_sweep_run_again_is_published_under_the_name_given(tmp_path):
+    runs = tmp_path / "runs"
+    old = runs / "authors_base_worst_s0" / "0_x"
+    old.mkdir(parents=True)
+    (old / "result.json").write_text('{"status": "ok", "base": "first"}')
+    (runs / "authors_base_worst_s0.log.tail").write_text("first\n")
+    again = {"./authors_base_worst_s0/0_x/result.json": b'{"status": "ok", "base": "second"}',
+             "./authors_base_worst_s0.log.tail": b"second\n",
+             "./authors_worst_s0_l1/0_y/result.json": b'{"status": "ok"}'}
+    a = _call(tmp_path / "a", again, command="python3 experiments/run.py -m seed=0\n", parallel=None)
+    with pytest.raises(FileExistsError, match="--rename authors_base_worst_s0=<new name>"):
+        publish.publish_call(a, runs, "x a", "xa")
+    b = _call(tmp_path / "b", {"./authors_worst_s0_tracin/0_z/result.json": b"{}", **again},
+              command="python3 experiments/run.py -m seed=0\n", parallel=None)
+    c = _call(tmp_path / "c", {"./authors_worst_s1_l2/0_w/result.json": b"{}"},
+              command="python3 experiments/run.py -m seed=1\n", parallel=None)
+    assert publish.main([str(a), str(b), str(c), "--label", "2026-12-06 (H200, code abc)", "--runs", str(runs),
+                         "--no-summaries", "--rename", "authors_base_worst_s0=authors_base_worst_s0_20261206"]) == 0
+    assert json.loads((old / "result.json").read_text())["base"] == "first"  # kept
+    new = runs / "authors_base_worst_s0_20261206"
+    assert json.loads((new / "0_x" / "result.json").read_text())["base"] == "second"
+    assert (runs / "authors_base_worst_s0_20261206.log.tail").read_text() == "second\n"
+    assert (runs / "authors_base_worst_s0.log.tail").read_text() == "first\n"
+    assert (runs / "authors_worst_s0_tracin" / "0_z" / "result.json").exists()  # other folders keep their names
+    commands = (runs / "COMMANDS.txt").read_text()
+    assert commands.count("(published as: authors_base_worst_s0 -> authors_base_worst_s0_20261206)") == 2  # a, b
+    assert "code abc) c\n" in commands  # c brought no such folder: no note
+    with pytest.raises(SystemExit):
+        publish.main([str(c), "--label", "x", "--runs", str(runs), "--rename", "authors_base_worst_s0"])

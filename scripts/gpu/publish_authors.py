@@ -13,6 +13,9 @@ For each call folder (what `run` put under `files_at`: `command.txt`, `progress.
 3. appends the call's `command.txt` and `progress.txt` to `COMMANDS.txt` and `progress.txt` under a
    `== call <label> <letter>` header;
 4. compacts each new `authors_base_*` job's `flagged.csv` to `flagged.npz` (`gradsift.handoff`).
+`--rename OLD=NEW` publishes the archives' top-level folder `OLD` (and `OLD.log.tail`) as `NEW`: for a sweep run again
+under a published name, e.g. a second base model of one (noise, seed) trained on a cold machine
+(`--rename authors_base_worst_s0=authors_base_worst_s0_20261204`); its retrains record the base they paired with.
 Then (unless `--no-summaries`) regenerates the three summaries (`--accuracy best|final|cross --paired`), the curves
 and the overlap of the flagged sets. Nothing is committed: read `git status` and `git diff`, then commit.
 """
@@ -33,7 +36,31 @@ RUNS = REPO / "multirun_summaries" / "runs" / "gpu_authors"
 TABLE = "oga.table2_cifar_n_resnet34_authors"
 
 
-def unpack(archive: Path, runs: Path, suffix: str) -> list[str]:
+def renamed(rel: Path, rename: dict[str, str]) -> Path:
+    """``rel`` with its top-level folder (or ``<folder>.log.tail``) renamed by ``rename``."""
+    parts = rel.parts
+    if not parts:
+        return rel
+    head = parts[0]
+    if head in rename:
+        return Path(rename[head], *parts[1:])
+    stem = head.removesuffix(".log.tail")
+    if len(parts) == 1 and stem != head and stem in rename:
+        return Path(f"{rename[stem]}.log.tail")
+    return rel
+
+
+def parse_renames(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new or "/" in old + new:
+            raise ValueError(f"--rename {pair!r}: expected OLD=NEW, two top-level folder names")
+        out[old] = new
+    return out
+
+
+def unpack(archive: Path, runs: Path, suffix: str, rename: dict[str, str] | None = None) -> list[str]:
     """Extract ``archive`` into ``runs`` without overwriting; returns one line per file written or renamed. Every
     member is checked before any is written, so a refused archive leaves ``runs`` as it was."""
     plan: list[tuple[Path, bytes]] = []
@@ -44,6 +71,7 @@ def unpack(archive: Path, runs: Path, suffix: str) -> list[str]:
             rel = Path(member.name)
             if rel.is_absolute() or ".." in rel.parts:
                 raise ValueError(f"{archive}: member {member.name!r} points outside the results folder")
+            rel = renamed(rel, rename or {})
             data = tar.extractfile(member).read()
             dst = runs / rel
             if dst.exists():
@@ -58,7 +86,9 @@ def unpack(archive: Path, runs: Path, suffix: str) -> list[str]:
                     continue  # a sweep folder's config, rewritten by each run of the sweep: the first one stays
                 else:
                     raise FileExistsError(f"{dst}: already published with other contents; {archive} brings "
-                                          "another version (two runs in one job folder?): nothing overwritten")
+                                          "another version (two runs in one job folder?): nothing overwritten. A "
+                                          "sweep run again (a second base model) is published under another name "
+                                          f"with --rename {rel.parts[0]}=<new name>")
             plan.append((dst, data))
     for dst, data in plan:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -78,12 +108,12 @@ def parallel_name(command_txt: str) -> str | None:
     return f"parallel_{noise}_s{seed}_{'_'.join(methods)}.json"
 
 
-def publish_call(call: Path, runs: Path, header: str, suffix: str) -> list[str]:
+def publish_call(call: Path, runs: Path, header: str, suffix: str, rename: dict[str, str] | None = None) -> list[str]:
     """Steps 1-3 for one call folder; returns what was written."""
     for need in ("command.txt", "results.tgz"):
         if not (call / need).is_file():
             raise FileNotFoundError(f"{call / need}: missing (expected the files of one authors.sh call)")
-    written = unpack(call / "results.tgz", runs, suffix)
+    written = unpack(call / "results.tgz", runs, suffix, rename)
     command = (call / "command.txt").read_text()
     name = parallel_name(command)
     if name and (call / "parallel.json").is_file():
@@ -92,6 +122,11 @@ def publish_call(call: Path, runs: Path, header: str, suffix: str) -> list[str]:
             dst = runs / name.replace(".json", f".{suffix}.json")
         dst.write_bytes((call / "parallel.json").read_bytes())
         written.append(dst.name)
+    with tarfile.open(call / "results.tgz") as tar:
+        heads = {Path(m.name).parts[0].removesuffix(".log.tail") for m in tar.getmembers() if Path(m.name).parts}
+    applied = {o: n for o, n in (rename or {}).items() if o in heads}
+    if applied:
+        header += " (published as: " + ", ".join(f"{o} -> {n}" for o, n in applied.items()) + ")"
     with open(runs / "COMMANDS.txt", "a") as f:
         f.write(f"== call {header}\n{command}" + ("" if command.endswith("\n") else "\n"))
     progress = (call / "progress.txt").read_text() if (call / "progress.txt").is_file() else ""
@@ -134,10 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=RUNS)
     p.add_argument("--summaries", type=Path, default=REPO / "multirun_summaries")
     p.add_argument("--no-summaries", action="store_true", help="publish the files only")
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   help="publish the archives' top-level folder OLD (and OLD.log.tail) as NEW (repeatable)")
     args = p.parse_args(argv)
+    try:
+        rename = parse_renames(args.rename)
+    except ValueError as e:
+        p.error(str(e))
     stamp = re.sub(r"[^0-9a-z]+", "", args.label.split()[0].lower()) or "call"
     for letter, call in zip(string.ascii_lowercase, args.calls):
-        written = publish_call(call, args.runs, f"{args.label} {letter}", f"{stamp}{letter}")
+        written = publish_call(call, args.runs, f"{args.label} {letter}", f"{stamp}{letter}", rename)
         print(f"{call}: {len(written)} file(s) published" + "".join(f"\n  {w}" for w in written))
     new_flags = sorted({p.parent for p in args.runs.glob("authors_base_*/*/flagged.csv")})
     if new_flags:
