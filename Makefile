@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 PEER_TESTS := tests/scoring/test_kfac.py tests/scoring/test_trak.py tests/scoring/test_tracin.py tests/scoring/test_lds.py \
               tests/attribution/test_dattri_parity.py tests/attribution/test_store.py
 
-.PHONY: setup test test-all test-peers run table1 table1-authors table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients bench-training tables wheelhouse gpu-inputs fetch-mpnet export-mpnet clean help
+.PHONY: setup lint test test-all test-peers run table1 table1-authors table2-cifar10n dropout-table1-glue figure3-glue table3-llm dropout-table2-resnet9 figure1 bench-scorers bench-gradients bench-training tables wheelhouse gpu-inputs fetch-mpnet export-mpnet clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install gradsift (idempotent)
+
+lint: setup  ## pyflakes errors and syntax errors (ruff: unused imports and names, undefined names); CI runs it
+	$(BIN)/ruff check --select F,E9 --output-format concise src tests experiments scripts
 
 test: setup  ## fast test suite (slow and GPU tests are deselected)
 	$(BIN)/python -m pytest -q

@@ -43,7 +43,7 @@ def test_the_readme_walkthrough_runs_end_to_end(tmp_path: Path) -> None:
     assert m["n_trimmed"] == 21  # 5% of the 420 training rows (600 less 20% test, 10% val)
     assert m["true_positives"] >= 8 and m["detection_auc"] > 0.75  # the flipped labels stand out (11, 0.86 here)
     assert 0.8 < m["test_acc"] <= 1
-    assert f"wrote runs/mydata (flagged.csv, result.json, run.log, scores.npy)" in out
+    assert "wrote runs/mydata (flagged.csv, result.json, run.log, scores.npy)" in out
     assert "base model" in (tmp_path / "runs" / "mydata" / "run.log").read_text()
 
     flagged = pd.read_csv(tmp_path / "flagged.csv")

@@ -49,7 +49,7 @@ def test_gradsift_fits_leave_out_lightning_chatter_but_user_trainers_keep_it(tmp
 
     import pytorch_lightning as pl
 
-    from gradsift import paired, training
+    from gradsift import training
 
     with caplog.at_level(logging.INFO, logger="pytorch_lightning"), warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

@@ -1,7 +1,6 @@
 import inspect
 import math
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest

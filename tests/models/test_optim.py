@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import pickle
 from functools import partial
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
