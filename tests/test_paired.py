@@ -137,3 +137,36 @@ def test_two_retrained_models_are_compared_image_by_image(tmp_path, capsys):
         paired.compare_runs(control, tmp_path / "short")
     with pytest.raises(FileNotFoundError, match="expected one run"):
         paired.compare_runs(tmp_path, rule)
+
+
+def test_versus_a_control_row_pairs_each_seed_with_the_controls_run(tmp_path, capsys):
+    """--versus 'Random 5%': per seed, the row minus the control, and McNemar's p where both runs have vectors."""
+    from gradsift.cli import summarize as summarize_cli
+    from gradsift.summarize import best_epoch_table, versus_gains
+
+    control_v = np.r_[np.ones(60, bool), np.zeros(40, bool)]
+    rule_v = np.r_[np.ones(50, bool), np.zeros(10, bool), np.ones(25, bool), np.zeros(15, bool)]  # 10 lost, 25 won
+    runs = [_run("Random 5% [control, not in the paper]", 0, 0.60, 0.58, None),
+            _run("Random 5% [control, not in the paper]", 1, 0.62, 0.59, None),
+            _run("Outlier Gradient (L1)", 0, 0.75, 0.58, None), _run("Outlier Gradient (L1)", 1, 0.61, 0.59, None),
+            _run("Outlier Gradient (L2)", 2, 0.70, 0.60, None)]  # a seed the control lacks
+    runs[0]["metrics"]["test_best_correct"] = paired.pack(control_v)
+    runs[2]["metrics"]["test_best_correct"] = paired.pack(rule_v)
+    for i, r in enumerate(runs):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "result.json").write_text(json.dumps(r))
+    s = summarize(load_runs([tmp_path]), best_epoch_table(load_table("oga.table2_cifar_n_resnet34_authors")))
+    got = versus_gains(s, "Random 5% [control, not in the paper]")[""]
+    assert set(got) == {"Outlier Gradient (L1)"}  # not the control itself, not Cross Entropy, not seed-2-only L2
+    per = got["Outlier Gradient (L1)"]["c10n_worst"]
+    assert per["0"][0] == pytest.approx(15.0) and per["1"][0] == pytest.approx(-1.0)
+    assert per["0"][1] == paired.paired_test(control_v, rule_v) and per["1"][1] is None  # seed 1: no vectors
+    _, md = write_summary([tmp_path], "oga.table2_cifar_n_resnet34_authors", tmp_path / "out", accuracy="best",
+                          versus="Random 5% [control, not in the paper]")
+    line = next(x for x in md.splitlines() if x.startswith("| Outlier Gradient (L1) |") and "(+15.00, -1.00)" in x)
+    assert line.endswith(f"| 1/2 | {per['0'][1]['p']:.2g}, — |")
+    assert "--versus 'Random 5% [control, not in the paper]'" in md  # the regenerate command carries it
+    with pytest.raises(SystemExit, match="no such row in this summary"):
+        summarize_cli([str(tmp_path), "--table", "oga.table2_cifar_n_resnet34_authors", "--versus", "Random 6%",
+                       "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad.md").exists()  # refused before anything was written

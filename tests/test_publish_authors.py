@@ -111,3 +111,10 @@ def test_a_sweep_run_again_is_published_under_the_name_given(tmp_path):
     assert "code abc) c\n" in commands  # c brought no such folder: no note
     with pytest.raises(SystemExit):
         publish.main([str(c), "--label", "x", "--runs", str(runs), "--rename", "authors_base_worst_s0"])
+
+
+def test_the_control_the_summaries_pair_with_is_the_random_presets_row():
+    import yaml
+
+    preset = yaml.safe_load((REPO / "src" / "gradsift" / "conf" / "table2_authors" / "random.yaml").read_text())
+    assert publish.CONTROL == preset["method"]

@@ -16,7 +16,8 @@ For each call folder (what `run` put under `files_at`: `command.txt`, `progress.
 `--rename OLD=NEW` publishes the archives' top-level folder `OLD` (and `OLD.log.tail`) as `NEW`: for a sweep run again
 under a published name, e.g. a second base model of one (noise, seed) trained on a cold machine
 (`--rename authors_base_worst_s0=authors_base_worst_s0_20261204`); its retrains record the base they paired with.
-Then (unless `--no-summaries`) regenerates the three summaries (`--accuracy best|final|cross --paired`), the curves
+Then (unless `--no-summaries`) regenerates the three summaries (`--accuracy best|final|cross --paired`, and
+`--versus` the random-5% control once a retrain of it is published), the curves
 and the overlap of the flagged sets. Nothing is committed: read `git status` and `git diff`, then commit.
 """
 
@@ -34,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "multirun_summaries" / "runs" / "gpu_authors"
 TABLE = "oga.table2_cifar_n_resnet34_authors"
+#: the random-5% control's row (conf/table2_authors/random.yaml), which the summaries pair every row with
+CONTROL = "Random 5% [control, not in the paper]"
 
 
 def renamed(rel: Path, rename: dict[str, str]) -> Path:
@@ -151,8 +154,10 @@ def _run(*cmd: str) -> None:
 
 def regenerate(runs: Path, out_dir: Path) -> None:
     py = sys.executable
+    # each row against the random-5% control of the same seed too, once one has run
+    versus = ["--versus", CONTROL] if any(CONTROL in p.read_text() for p in runs.glob("authors_*_s*_random/*/result.json")) else []
     for acc in ("best", "final", "cross"):
-        _run(py, "experiments/summarize.py", _rel(runs), "--table", TABLE, "--accuracy", acc, "--paired",
+        _run(py, "experiments/summarize.py", _rel(runs), "--table", TABLE, "--accuracy", acc, "--paired", *versus,
              "--out", _rel(out_dir / f"table2_cifar10n_authors_{acc}"))
     curves = sorted(_rel(p) for p in runs.glob("authors_*_s*_*") if p.is_dir() and not p.name.startswith("authors_base"))
     _run(py, "-m", "gradsift.viz.curves", *curves, "--out", _rel(out_dir / "table2_cifar10n_authors_curves"),

@@ -90,11 +90,15 @@ def summarize(argv: list[str] | None = None) -> None:
     parser.add_argument("--paired", action="store_true",
                         help="append each row's per-seed gain over the table's baseline row (e.g. Cross Entropy, the "
                              "untrimmed model of the same seed), the paper's gain and at how many seeds it is ahead")
+    parser.add_argument("--versus", metavar="ROW",
+                        help="append each row's per-seed gain over this row (a control, e.g. 'Random 5%% [control, "
+                             "not in the paper]'), with McNemar's exact p where both runs record their per-sample "
+                             "correctness")
     args = parser.parse_args(argv)
     try:
         _, md = write_summary(args.inputs, args.table, args.out, args.papers, force=args.force, pool=args.pool,
-                              accuracy=args.accuracy, paired=args.paired)
-    except SummaryRegression as e:
+                              accuracy=args.accuracy, paired=args.paired, versus=args.versus)
+    except (SummaryRegression, ValueError) as e:
         sys.exit(f"gradsift-summarize: {e}")
     if not sys.stdout.isatty():  # a log file gets the markdown itself, uncut
         print(md, end="")

@@ -162,6 +162,17 @@ class PaperTable:
         got = lookup(result, paths[0].removesuffix("acc") + "vs_base")
         return got if isinstance(got, Mapping) and "p" in got else None
 
+    def correct_vector(self, result: Mapping[str, Any], col: str) -> str | None:
+        """The run's packed per-test-sample correctness for column ``col`` (:mod:`gradsift.paired`): for a value
+        field ``metrics.<x>acc``, ``metrics.<x>correct`` (``test_best_acc`` -> ``test_best_correct``); None where
+        the run has none."""
+        spec = self.columns_map.get(col) if self.columns_map is not None else self.value
+        paths = getattr(spec, "paths", None) or ()
+        if len(paths) != 1 or not paths[0].endswith("acc"):
+            return None
+        got = lookup(result, paths[0].removesuffix("acc") + "correct")
+        return got if isinstance(got, str) else None
+
     def baseline_cells(self, result: Mapping[str, Any]) -> list[tuple[str, str, str, float | None]]:
         sub = self.subtable.label(result) if self.subtable else ""
         if sub is None:
@@ -331,6 +342,8 @@ class Cell:
     paired: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
     #: per seed, each run's value minus the baseline row's value read from the same run (its own base model)
     gains: dict[str, list[float]] = field(default_factory=dict)
+    #: per seed, the runs' packed per-test-sample correctness (:meth:`PaperTable.correct_vector`), where recorded
+    vectors: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def values(self) -> list[float]:
@@ -593,6 +606,9 @@ def summarize(runs: Sequence[Run], table: PaperTable, command: str = "", pool: I
             test = table.paired_test(run.result, col)
             if test is not None:
                 c.paired.setdefault(e.seed, []).append(test)
+            vector = table.correct_vector(run.result, col)
+            if vector is not None:
+                c.vectors.setdefault(e.seed, []).append(vector)
         if placed:
             rule = str(run.result.get("selection", "unknown"))
             if lookup(run.result, "config.retrain") is False:  # scores and AUC only: nothing was trimmed and retrained
@@ -776,9 +792,79 @@ def paired_markdown(s: Summary) -> list[str]:
     return out
 
 
-def to_markdown(s: Summary, provenance: bool = False, paired: bool = False) -> str:
+def versus_gains(s: Summary, control: str) -> dict[str, dict[str, dict[str, dict[str, tuple[float, Mapping | None]]]]]:
+    """Per (sub-table, row, column): each seed's gain of the row over the ``control`` row (this row's value minus
+    the control's, same seed) and, where both runs record which test samples they get right, McNemar's exact test of
+    the row's run against the control's on those samples (:func:`gradsift.paired.paired_test`; the first run of a
+    seed where a cell has several). Rows other than the control and the baseline row(s); seeds both have.
+
+    Raises:
+        ValueError: no row of the summary is called ``control`` (the message lists the rows).
+    """
+    from gradsift.paired import paired_test, unpack
+
+    rows_seen = {row for rows in s.cells.values() for row in rows}
+    if control not in rows_seen:
+        raise ValueError(f"--versus {control!r}: no such row in this summary; its rows: {sorted(rows_seen)}")
+    out: dict[str, dict[str, dict[str, dict[str, tuple[float, Mapping | None]]]]] = {}
+    for sub, rows in s.cells.items():
+        if control not in rows:
+            continue
+        for row, by_col in rows.items():
+            if row == control or row in s.table.baseline_rows:
+                continue
+            for col, c in by_col.items():
+                k = rows[control].get(col)
+                if k is None:
+                    continue
+                per = {}
+                for sd in sorted(set(c.per_seed) & set(k.per_seed)):
+                    gain = float(np.mean(c.per_seed[sd])) - float(np.mean(k.per_seed[sd]))
+                    test = None
+                    if c.vectors.get(sd) and k.vectors.get(sd):
+                        a, b = unpack(k.vectors[sd][0]), unpack(c.vectors[sd][0])
+                        test = paired_test(a, b) if a.size == b.size else None
+                    per[sd] = (gain, test)
+                if per:
+                    out.setdefault(sub, {}).setdefault(row, {})[col] = per
+    return out
+
+
+def versus_markdown(s: Summary, control: str) -> list[str]:
+    """``--versus ROW``: a table of each row's per-seed gain over the control row (e.g. the random-5% control, same
+    seed) with McNemar's exact p where both runs record their per-sample correctness."""
+    d, gains = s.table.decimals, versus_gains(s, control)
+    out = ["", f"## Paired gain over {control}", "",
+           f"Per seed: this row's run minus the {control} run of the same seed. 'ahead' = seeds with a gain above 0, "
+           "of the seeds both have. 'p (per seed)': McNemar's exact test of the row's model against the control's on "
+           "the same test samples (two-sided; gradsift.paired), one per seed in the order of the gains; '—' = a "
+           "pair in which a run did not record which samples it gets right."]
+    for sub, rows in gains.items():
+        cols = [c for c in s.columns[sub] if any(c in by_col for by_col in rows.values())]
+        out += ["", f"### {sub}", ""] if sub else [""]
+        out.append("| Method | " + " | ".join(f"{c} ours (per seed) | {c} ahead | {c} p (per seed)" for c in cols)
+                   + " |")
+        out.append("|---|" + "---:|---:|---:|" * len(cols))
+        for row, by_col in rows.items():
+            parts = []
+            for col in cols:
+                if col not in by_col:
+                    parts += ["—"] * 3
+                    continue
+                vals = [g for g, _ in by_col[col].values()]
+                seeds = ", ".join(_num(v, d, signed=True) for v in vals)
+                parts += [f"{_num(float(np.mean(vals)), d, signed=True)} ({seeds})",
+                          f"{sum(v > 0 for v in vals)}/{len(vals)}",
+                          ", ".join(_p(float(t["p"])) if t is not None else "—" for _, t in by_col[col].values())]
+            out.append(f"| {row} | " + " | ".join(parts) + " |")
+    if not gains:
+        out += ["", f"(no row shares a seed with {control})"]
+    return out
+
+
+def to_markdown(s: Summary, provenance: bool = False, paired: bool = False, versus: str | None = None) -> str:
     """The summary as markdown; ``provenance`` as in :func:`header_lines`; ``paired`` appends
-    :func:`paired_markdown`."""
+    :func:`paired_markdown`, ``versus`` (a row name) :func:`versus_markdown`."""
     d, n_max = s.table.decimals, _n_max(s)
     out = "\n\n".join(header_lines(s, provenance)).splitlines() + ["", f"## {s.table.key}", "", s.table.caption, ""]
     if s.table.has_paper:
@@ -813,6 +899,8 @@ def to_markdown(s: Summary, provenance: bool = False, paired: bool = False) -> s
         out += ["", f"{s.ignored} result file(s) did not match this table's filter ({s.table.where}) and were ignored."]
     if paired:
         out += paired_markdown(s)
+    if versus:
+        out += versus_markdown(s, versus)
     return "\n".join(out) + "\n"
 
 
@@ -960,13 +1048,15 @@ def accuracy_table(table: PaperTable, accuracy: str) -> PaperTable:
 
 
 def regenerate_command(inputs: Sequence[Path | str], table: str | None, out: Path | str,
-                       pool: Sequence[str] = (), accuracy: str = "final", paired: bool = False) -> str:
+                       pool: Sequence[str] = (), accuracy: str = "final", paired: bool = False,
+                       versus: str | None = None) -> str:
     """The CLI call that rebuilds these files (paths relative to the working directory where possible)."""
     args = ["python", "experiments/summarize.py", *(_display(Path(p)) for p in inputs)]
     args += ["--table", table] if table else []
     args += [a for k in sorted(pool) for a in ("--pool", k)]
     args += ["--accuracy", accuracy] if accuracy != "final" else []
     args += ["--paired"] if paired else []
+    args += ["--versus", versus] if versus else []
     args += ["--out", _display(output_stem(out))]
     return shlex.join(args)
 
@@ -1022,7 +1112,8 @@ def _check_replace(stem: Path, summary: Summary) -> None:
 
 def write_summary(inputs: Sequence[Path | str], table_key: str | None, out: Path | str,
                   paper_dir: Path | str = PAPER_DIR, *, force: bool = False, provenance: bool = False,
-                  pool: Sequence[str] = (), accuracy: str = "final", paired: bool = False) -> tuple[Summary, str]:
+                  pool: Sequence[str] = (), accuracy: str = "final", paired: bool = False,
+                  versus: str | None = None) -> tuple[Summary, str]:
     """Summarize ``inputs`` into ``out``.md/.csv/.tex/.png (``.md``/``.csv`` only without a paper table).
 
     Args:
@@ -1037,6 +1128,9 @@ def write_summary(inputs: Sequence[Path | str], table_key: str | None, out: Path
             on the test set: :func:`best_epoch_table`) or ``cross`` (the epoch chosen on one half of the test set,
             read on the other: :func:`accuracy_table`).
         paired: append each row's per-seed gain over the baseline row to the markdown (:func:`paired_markdown`).
+        versus: a row name (a control, e.g. ``Random 5% [control, not in the paper]``): append each row's per-seed
+            gain over it with McNemar's p (:func:`versus_markdown`); refused before anything is written when the
+            summary has no such row.
 
     Returns:
         The summary and its markdown.
@@ -1050,12 +1144,12 @@ def write_summary(inputs: Sequence[Path | str], table_key: str | None, out: Path
     runs = load_runs(inputs)
     table = load_table(table_key, paper_dir) if table_key else ours_table(runs)
     table = accuracy_table(table, accuracy)
-    summary = summarize(runs, table, regenerate_command(inputs, table_key, out, pool, accuracy, paired), pool)
+    summary = summarize(runs, table, regenerate_command(inputs, table_key, out, pool, accuracy, paired, versus), pool)
     stem = output_stem(out)
     if not force:
         _check_replace(stem, summary)
+    md = to_markdown(summary, provenance, paired=paired, versus=versus)  # a bad --versus raises before any write
     stem.parent.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(summary, provenance, paired=paired)
     Path(f"{stem}.md").write_text(md)
     Path(f"{stem}.csv").write_text(to_csv(summary))
     if table.has_paper:
