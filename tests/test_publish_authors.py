@@ -118,3 +118,12 @@ def test_the_control_the_summaries_pair_with_is_the_random_presets_row():
 
     preset = yaml.safe_load((REPO / "src" / "gradsift" / "conf" / "table2_authors" / "random.yaml").read_text())
     assert publish.CONTROL == preset["method"]
+
+
+def test_parallel_name_of_a_mixed_call_names_each_job():
+    mixed = ("GRADSIFT_CACHE=/c python3 -m gradsift.parallel --workers 3 --each data.noise=worst\\ seed=1\\ "
+             "+table2_authors=random\\ retrain_from=/a --each data.noise=aggregate\\ seed=0\\ +table2_authors=none\\ "
+             "retrain_from=/b --out $OUT/parallel.json -- experiment=table2_cifar10n_authors data.source=jpeg\n")
+    assert publish.parallel_name(mixed) == "parallel_mix_worst_s1_random_aggregate_s0_none.json"
+    same = mixed.replace("aggregate\\ seed=0", "worst\\ seed=1")  # one (noise, seed): the usual name
+    assert publish.parallel_name(same) == "parallel_worst_s1_random_none.json"

@@ -47,7 +47,13 @@
 # PAR=K (default 1) runs the METHODS' retrains K at a time in one process, each on its own CUDA stream
 # (gradsift.parallel; needs flags, FROM); the per-method sweeps then find them in the cache. Measured 2026-12-03:
 # PAR=2, two 100-epoch retrains in 329 s (211 s one alone), the call 387 s (docs/BENCHMARKS.md); PAR=3 not measured.
-# Env: MODE (base | retrain | all = base, then the retrains of METHODS), FROM, PAR, NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
+# MODE=mix JOBS="worst:1:random worst:1:none aggregate:0:random" PAR=3 retrains jobs of several (noise, seed) in one
+# process (gradsift.parallel: one datamodule per label set), each from its (noise, seed)'s committed flags (or the warm
+# cache's base sweep), then each job's sweep writes its result.json: the last retrains of a seed need not wait for a
+# partner of the same (noise, seed). PAR=3: not measured yet (PAR=2: 1.25-1.30x; the streams benchmark: 1.37x at 2,
+# 1.50x at 4, so about 3 x 211 / 1.35 = 470 s of training, ~545 s with start-up and the three sweeps).
+# Env: MODE (base | retrain | all = base, then the retrains of METHODS | mix), JOBS (mix), FLAGS_DIR (the committed base
+# sweeps, default multirun_summaries/runs/gpu_authors), FROM, PAR, NOISE (worst | aggregate | random1), SEED, METHODS (retrain; default iforest,l2), OUT,
 # LIMIT, RETRAIN_S, CACHE, RUNS, SPEED, EXTRA (appended to every run.py call).
 # CPU dry run (ran before commit, both modes, 2 cores): DEVICE_SETUP=0 PY=.venv/bin/python GRADSIFT_DATA=../shared/data
 # CACHE=/tmp/dry/cache RUNS=/tmp/dry/runs OUT=/tmp/dry/out SPEED=0 RETRAIN_S=30 EXTRA='trainer.accelerator=cpu
@@ -71,8 +77,10 @@ SPEED_ARGS="trainer.precision=bf16-mixed model.cuda_graph=true model.optimizer.f
 fill_uninitialized_memory=false"
 [ "${SPEED:-1}" = 1 ] || SPEED_ARGS=""
 # every call of a (noise, seed) must pass the same model/data/trainer overrides, or the cached base model is not found
-A="experiment=table2_cifar10n_authors data.source=jpeg data.noise=$NOISE seed=$SEED trainer.enable_progress_bar=false \
-torch_threads=4 gallery=0 paths.cache_dir=$CACHE $SPEED_ARGS"
+A0="experiment=table2_cifar10n_authors data.source=jpeg"
+A1="trainer.enable_progress_bar=false torch_threads=4 gallery=0 paths.cache_dir=$CACHE $SPEED_ARGS"
+A="$A0 data.noise=$NOISE seed=$SEED $A1"
+A_MIX="$A0 $A1"  # MODE=mix: noise and seed come with each job
 echo "cache $CACHE: $(find $CACHE/model -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l) base model(s), $(find $CACHE/retrain -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l) \
 retrain(s) from earlier calls" | tee -a $OUT/progress.txt
 : > $OUT/command.txt
@@ -89,12 +97,17 @@ sweep() {  # name overrides... : one Hydra multirun in RUNS, cut at the script's
 # (or, on a warm machine or after MODE=all's base sweep, the base sweep's folder in RUNS)
 # (the last in name order of authors_base_<noise>_s<seed> and its re-runs, authors_base_<noise>_s<seed>_<date>, that holds
 # flags: a base call run again on a cold machine is published under a dated name, publish_authors.py --rename)
-DET=""
-for d in multirun_summaries/runs/gpu_authors/authors_base_${NOISE}_s$SEED multirun_summaries/runs/gpu_authors/authors_base_${NOISE}_s${SEED}_*; do
-  [ -n "$(find $d -name 'flagged.*' 2>/dev/null | head -1)" ] && DET=$d
-done
+FLAGS_DIR=${FLAGS_DIR:-multirun_summaries/runs/gpu_authors}  # where committed base sweeps are (a dry run: elsewhere)
+committed_flags() {  # noise seed -> the committed base sweep folder with flags (empty if none)
+  local d found=""
+  for d in $FLAGS_DIR/authors_base_$1_s$2 $FLAGS_DIR/authors_base_$1_s$2_*; do
+    [ -n "$(find $d -name 'flagged.*' 2>/dev/null | head -1)" ] && found=$(readlink -f $d)
+  done
+  echo "$found"
+}
+DET=$(committed_flags $NOISE $SEED)
 if [ -z "${FROM+x}" ] && [ "$MODE" = retrain ] && [ -n "$DET" ]; then
-  FROM=$PWD/$DET
+  FROM=$DET
 elif [ -z "${FROM+x}" ] && [ "$MODE" != base ]; then
   FROM=$RUNS/authors_base_${NOISE}_s$SEED  # checked below, after MODE=all's base sweep
 fi
@@ -111,7 +124,30 @@ parallel_retrains() {  # PAR > 1: the METHODS' retrains in one process, PAR at a
   tail -8 $RUNS/parallel_${NOISE}_s$SEED.log | grep -E "trained|cached|failed|wall" >> $OUT/progress.txt
   RETRAIN_S=30  # the sweeps below find the retrains in the cache (one failed here is trained there, time allowing)
 }
+mix_retrains() {  # MODE=mix: JOBS="noise:seed:method ..." retrained PAR at a time in one process, across (noise, seed)
+  local each=() job n sd m from rem
+  for job in $JOBS; do
+    IFS=: read -r n sd m <<< "$job"
+    from=$(committed_flags $n $sd); [ -n "$from" ] || from=$RUNS/authors_base_${n}_s$sd
+    each+=(--each "data.noise=$n seed=$sd +table2_authors=$m retrain_from=$from")
+  done
+  rem=$((END - $(date +%s)))
+  { printf 'GRADSIFT_CACHE=%s python3 -m gradsift.parallel --workers %s' "$CACHE" "$PAR"; printf ' %q' "${each[@]}"
+    echo " --out \$OUT/parallel.json -- $A_MIX $EXTRA"; } >> $OUT/command.txt
+  timeout $rem $PY -m gradsift.parallel --workers $PAR "${each[@]}" --out $OUT/parallel.json -- $A_MIX $EXTRA \
+    >> $RUNS/parallel_mix.log 2>&1
+  echo "parallel retrains ($PAR at a time, $(echo $JOBS | wc -w) jobs) exit $? at $(( $(date +%s) - T0 )) s" | tee -a $OUT/progress.txt
+  tail -8 $RUNS/parallel_mix.log | grep -E "trained|cached|failed|wall" >> $OUT/progress.txt
+  for job in $JOBS; do  # each job's own sweep writes its result.json from the cache (a failed one trains here)
+    IFS=: read -r n sd m <<< "$job"
+    from=$(committed_flags $n $sd); [ -n "$from" ] || from=$RUNS/authors_base_${n}_s$sd
+    sweep authors_${n}_s${sd}_$m $A0 data.noise=$n seed=$sd $A1 +table2_authors=$m retrain_from=$from
+  done
+}
 case "$MODE" in
+  mix)
+    [ -n "${JOBS:-}" ] || { echo "MODE=mix needs JOBS=\"noise:seed:method ...\"" | tee -a $OUT/progress.txt; exit 2; }
+    mix_retrains ;;
   base)
     # one process, jobs one after another: the first trains and gathers, the other four find both in the cache
     sweep authors_base_${NOISE}_s$SEED $A retrain=false +table2_authors=$ALL ;;
@@ -131,7 +167,7 @@ case "$MODE" in
       # the same method repeats (finished jobs of the same config are skipped; the retrain cache keeps the rest)
       sweep authors_${NOISE}_s${SEED}_$m $A +table2_authors=$m ${FROM:+retrain_from=$FROM}
     done ;;
-  *) echo "MODE=$MODE: expected base, retrain or all" | tee -a $OUT/progress.txt; exit 2 ;;
+  *) echo "MODE=$MODE: expected base, retrain, all or mix" | tee -a $OUT/progress.txt; exit 2 ;;
 esac
 cat $OUT/gpu.txt >> $OUT/progress.txt 2>/dev/null; rm -f $OUT/gpu.txt
 for f in $RUNS/*.log; do [ -e "$f" ] && tail -40 "$f" > "$f.tail"; done

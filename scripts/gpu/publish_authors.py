@@ -100,15 +100,26 @@ def unpack(archive: Path, runs: Path, suffix: str, rename: dict[str, str] | None
 
 
 def parallel_name(command_txt: str) -> str | None:
-    """``parallel_<noise>_s<seed>_<m1>_<m2>.json`` from the call's ``gradsift.parallel`` line (None without one)."""
+    """``parallel_<noise>_s<seed>_<m1>_<m2>.json`` from the call's ``gradsift.parallel`` line (None without one);
+    a ``MODE=mix`` call's jobs of several (noise, seed): ``parallel_mix_<noise>_s<seed>_<m>_...json``."""
     line = next((ln for ln in command_txt.splitlines() if "gradsift.parallel" in ln), None)
     if line is None:
         return None
     words = shlex.split(line.replace("$OUT", "OUT"))
-    noise = next(w.split("=", 1)[1] for w in words if w.startswith("data.noise="))
-    seed = next(w.split("=", 1)[1] for w in words if w.startswith("seed="))
-    methods = [w.split("=", 1)[1] for w in words if w.startswith("+table2_authors=")]
-    return f"parallel_{noise}_s{seed}_{'_'.join(methods)}.json"
+
+    def value(ws: list[str], key: str, default: str | None = None) -> str | None:
+        return next((w.split("=", 1)[1] for w in ws if w.startswith(f"{key}=")), default)
+
+    noise, seed = value(words, "data.noise"), value(words, "seed")
+    jobs = []  # (noise, seed, method) per --each: MODE=mix puts the noise and seed there
+    for i, w in enumerate(words[:-1]):
+        if w == "--each":
+            each = words[i + 1].split()
+            jobs.append((value(each, "data.noise", noise), value(each, "seed", seed), value(each, "+table2_authors")))
+    if len({(n, sd) for n, sd, _ in jobs}) == 1:
+        n, sd, _ = jobs[0]
+        return f"parallel_{n}_s{sd}_{'_'.join(m for _, _, m in jobs)}.json"
+    return "parallel_mix_" + "_".join(f"{n}_s{sd}_{m}" for n, sd, m in jobs) + ".json"
 
 
 def publish_call(call: Path, runs: Path, header: str, suffix: str, rename: dict[str, str] | None = None) -> list[str]:
