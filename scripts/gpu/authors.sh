@@ -125,10 +125,11 @@ parallel_retrains() {  # PAR > 1: the METHODS' retrains in one process, PAR at a
   RETRAIN_S=30  # the sweeps below find the retrains in the cache (one failed here is trained there, time allowing)
 }
 mix_retrains() {  # MODE=mix: JOBS="noise:seed:method ..." retrained PAR at a time in one process, across (noise, seed)
-  local each=() job n sd m from rem
+  local each=() froms=() job n sd m from rem i=0
   for job in $JOBS; do
     IFS=: read -r n sd m <<< "$job"
     from=$(committed_flags $n $sd); [ -n "$from" ] || from=$RUNS/authors_base_${n}_s$sd
+    froms+=("$from")
     each+=(--each "data.noise=$n seed=$sd +table2_authors=$m retrain_from=$from")
   done
   rem=$((END - $(date +%s)))
@@ -140,8 +141,8 @@ mix_retrains() {  # MODE=mix: JOBS="noise:seed:method ..." retrained PAR at a ti
   tail -8 $RUNS/parallel_mix.log | grep -E "trained|cached|failed|wall" >> $OUT/progress.txt
   for job in $JOBS; do  # each job's own sweep writes its result.json from the cache (a failed one trains here)
     IFS=: read -r n sd m <<< "$job"
-    from=$(committed_flags $n $sd); [ -n "$from" ] || from=$RUNS/authors_base_${n}_s$sd
-    sweep authors_${n}_s${sd}_$m $A0 data.noise=$n seed=$sd $A1 +table2_authors=$m retrain_from=$from
+    sweep authors_${n}_s${sd}_$m $A0 data.noise=$n seed=$sd $A1 +table2_authors=$m retrain_from=${froms[i]}
+    i=$((i + 1))
   done
 }
 case "$MODE" in

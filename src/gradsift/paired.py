@@ -69,6 +69,12 @@ def paired_test(base: np.ndarray, other: np.ndarray) -> dict[str, float | int]:
     return {"n": n, "gain": (c - b) / n if n else float("nan"), "only_base": b, "only_other": c, "se": se, "p": p}
 
 
+def packed_test(base: str, other: str) -> dict[str, float | int] | None:
+    """:func:`paired_test` of two :func:`pack`-ed vectors; None where their lengths differ (different test sets)."""
+    a, b = unpack(base), unpack(other)
+    return paired_test(a, b) if a.size == b.size else None
+
+
 #: correctness keys of a fit's test metrics: final epoch, best epoch, cross-selected epoch
 KINDS = ("correct", "best_correct", "cross_correct")
 
@@ -84,10 +90,8 @@ def versus_base(metrics: Mapping[str, object]) -> dict[str, dict]:
     out = {}
     for key in KINDS:
         mine, theirs = metrics.get(f"test_{key}"), metrics.get(f"base_test_{key}")
-        if isinstance(mine, str) and isinstance(theirs, str):
-            a, b = unpack(theirs), unpack(mine)
-            if a.size == b.size:
-                out[f"test_{key.removesuffix('correct')}vs_base"] = paired_test(a, b)
+        if isinstance(mine, str) and isinstance(theirs, str) and (test := packed_test(theirs, mine)) is not None:
+            out[f"test_{key.removesuffix('correct')}vs_base"] = test
     return out
 
 
@@ -120,10 +124,10 @@ def compare_runs(a: str | Path, b: str | Path) -> dict[str, dict]:
     for key, name in zip(KINDS, ("final", "best", "cross")):
         va, vb = ra.get("metrics", {}).get(f"test_{key}"), rb.get("metrics", {}).get(f"test_{key}")
         if isinstance(va, str) and isinstance(vb, str):
-            x, y = unpack(va), unpack(vb)
-            if x.size != y.size:
-                raise ValueError(f"{fa} and {fb}: {x.size} vs {y.size} test samples; they must share one test set")
-            out[name] = paired_test(x, y)
+            if (test := packed_test(va, vb)) is None:
+                raise ValueError(f"{fa} and {fb}: {unpack(va).size} vs {unpack(vb).size} test samples; they must "
+                                 "share one test set")
+            out[name] = test
     if not out:
         raise ValueError(f"{fa} and {fb}: no metrics.test_correct / test_best_correct / test_cross_correct in both "
                          "(runs before the per-image correctness was recorded cannot be paired)")

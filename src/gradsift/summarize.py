@@ -155,23 +155,23 @@ class PaperTable:
         """The run's McNemar test against its base model for column ``col`` (:mod:`gradsift.paired`): for a value
         field ``metrics.<x>acc``, the record ``metrics.<x>vs_base`` (``test_best_acc`` -> ``test_best_vs_base``);
         None where the run has none (runs before it was recorded, non-accuracy columns)."""
-        spec = self.columns_map.get(col) if self.columns_map is not None else self.value
-        paths = getattr(spec, "paths", None) or ()
-        if len(paths) != 1 or not paths[0].endswith("acc"):
-            return None
-        got = lookup(result, paths[0].removesuffix("acc") + "vs_base")
+        got = self._beside_acc(result, col, "vs_base")
         return got if isinstance(got, Mapping) and "p" in got else None
 
     def correct_vector(self, result: Mapping[str, Any], col: str) -> str | None:
         """The run's packed per-test-sample correctness for column ``col`` (:mod:`gradsift.paired`): for a value
         field ``metrics.<x>acc``, ``metrics.<x>correct`` (``test_best_acc`` -> ``test_best_correct``); None where
         the run has none."""
+        got = self._beside_acc(result, col, "correct")
+        return got if isinstance(got, str) else None
+
+    def _beside_acc(self, result: Mapping[str, Any], col: str, suffix: str) -> Any:
+        """For a column read from one field ``metrics.<x>acc``: the run's ``metrics.<x><suffix>`` (None otherwise)."""
         spec = self.columns_map.get(col) if self.columns_map is not None else self.value
         paths = getattr(spec, "paths", None) or ()
         if len(paths) != 1 or not paths[0].endswith("acc"):
             return None
-        got = lookup(result, paths[0].removesuffix("acc") + "correct")
-        return got if isinstance(got, str) else None
+        return lookup(result, paths[0].removesuffix("acc") + suffix)
 
     def baseline_cells(self, result: Mapping[str, Any]) -> list[tuple[str, str, str, float | None]]:
         sub = self.subtable.label(result) if self.subtable else ""
@@ -801,7 +801,7 @@ def versus_gains(s: Summary, control: str) -> dict[str, dict[str, dict[str, dict
     Raises:
         ValueError: no row of the summary is called ``control`` (the message lists the rows).
     """
-    from gradsift.paired import paired_test, unpack
+    from gradsift.paired import packed_test
 
     rows_seen = {row for rows in s.cells.values() for row in rows}
     if control not in rows_seen:
@@ -820,11 +820,8 @@ def versus_gains(s: Summary, control: str) -> dict[str, dict[str, dict[str, dict
                 per = {}
                 for sd in sorted(set(c.per_seed) & set(k.per_seed)):
                     gain = float(np.mean(c.per_seed[sd])) - float(np.mean(k.per_seed[sd]))
-                    test = None
-                    if c.vectors.get(sd) and k.vectors.get(sd):
-                        a, b = unpack(k.vectors[sd][0]), unpack(c.vectors[sd][0])
-                        test = paired_test(a, b) if a.size == b.size else None
-                    per[sd] = (gain, test)
+                    both = c.vectors.get(sd) and k.vectors.get(sd)
+                    per[sd] = (gain, packed_test(k.vectors[sd][0], c.vectors[sd][0]) if both else None)
                 if per:
                     out.setdefault(sub, {}).setdefault(row, {})[col] = per
     return out
