@@ -160,12 +160,14 @@ def source_facts(folder: Path, rec: dict) -> dict:
 
 
 
-def kept_rows(cfg: DictConfig, datamodule) -> tuple[Path, dict, pd.DataFrame, np.ndarray, np.ndarray]:
+def kept_rows(cfg: DictConfig, datamodule, found: tuple[Path, dict] | None = None
+              ) -> tuple[Path, dict, pd.DataFrame, np.ndarray, np.ndarray]:
     """What ``cfg.retrain_from`` says this run keeps.
 
     Args:
         cfg: the run config (``retrain_from`` set).
         datamodule: the training data, set up.
+        found: :func:`find_detection_run`'s answer, when the caller has it already (else it is looked up here).
 
     Returns:
         ``(detection run folder, its record, its flagged table, the training sample indices, removed mask)``.
@@ -173,7 +175,7 @@ def kept_rows(cfg: DictConfig, datamodule) -> tuple[Path, dict, pd.DataFrame, np
     For a :func:`model_free` scorer the flags are this run's own (:func:`score_here`): the table then has every
     column a detection run writes, ``score`` and ``clean_label`` included.
     """
-    source, rec = find_detection_run(cfg, cfg.retrain_from)
+    source, rec = found or find_detection_run(cfg, cfg.retrain_from)
     index = np.asarray(getattr(datamodule.train_set, "index", np.arange(len(datamodule.train_set))))
     if model_free(cfg):
         flagged = score_here(cfg, datamodule, index)

@@ -161,7 +161,7 @@ def retrain_from(cfg: DictConfig, output_dir: str | Path, choices: dict | None =
         datamodule: NoisyLabelDataModule = instantiate(cfg.data)
         datamodule.setup()
         t_score = time.perf_counter()
-        source, rec, flagged, index, remove = handoff.kept_rows(cfg, datamodule)
+        source, rec, flagged, index, remove = handoff.kept_rows(cfg, datamodule, (source, rec))
         scored_here = handoff.model_free(cfg)
         score_s = time.perf_counter() - t_score
         log.info("%s: %d of %d flagged %s", method, int(remove.sum()), len(remove),
