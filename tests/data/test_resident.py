@@ -143,3 +143,26 @@ def test_augment_shuffle_normalize_compose_as_config(tmp_path):
     assert (dm.augment.pad_mode, dm.augment.crop, dm.augment.padding, dm.shuffle) == ("reflect", "per_batch", 4, False)
     assert dm.normalize == "dataset"
     assert instantiate(off.data).augment is None
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_drop_last_drops_the_short_last_batch_on_both_paths(fake, device, caplog):
+    """data.drop_last: every training batch full (70 rows at 16: 4 batches, 6 rows left out each epoch), on the
+    DataLoader and the resident path alike, and a kept subset ending on one row warns unless it is dropped."""
+    dm = _dm(fake, device=device, drop_last=True)
+    batches = _epochs(dm.train_dataloader())
+    assert len(dm.train_dataloader()) == 4 and [len(b["index"]) for b in batches] == [16] * 8
+    kept = _dm(fake, device=device).with_keep(np.arange(49))  # 49 = 3 x 16 + 1
+    with caplog.at_level("WARNING", logger="gradsift.data.base"):
+        assert [len(b["index"]) for b in kept.train_dataloader()] == [16, 16, 16, 1]
+    assert "end each epoch on a batch of 1" in caplog.text and "data.drop_last=true" in caplog.text
+    caplog.clear()
+    dropped = _dm(fake, device=device, drop_last=True).with_keep(np.arange(49))
+    with caplog.at_level("WARNING", logger="gradsift.data.base"):
+        assert [len(b["index"]) for b in dropped.train_dataloader()] == [16, 16, 16]
+    assert "end each epoch" not in caplog.text
+
+
+def test_drop_last_matches_between_resident_and_dataloader(fake):
+    _assert_same_batches(_epochs(_dm(fake, drop_last=True).train_dataloader(), 3),
+                         _epochs(_dm(fake, drop_last=True, device="cpu").train_dataloader(), 3))

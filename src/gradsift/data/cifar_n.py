@@ -299,9 +299,9 @@ class CIFARNDataModule(NoisyLabelDataModule):
                  augment: bool | Mapping = True, normalize: str | Mapping = "cifar_n", shuffle: bool | Mapping = True,
                  device: str | None = None, num_classes: int | None = None, name: str | None = None,
                  batch_size: int = 128, eval_batch_size: int | None = 512, num_workers: int = 0, seed: int = 0,
-                 keep: Sequence[int] | None = None, attribution_augment: bool = False):
+                 keep: Sequence[int] | None = None, attribution_augment: bool = False, drop_last: bool = False):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
-                         keep=keep)
+                         keep=keep, drop_last=drop_last)
         if dataset not in ("cifar10n", "cifar100n", "cifar10n_5k"):
             raise ValueError(f"data.dataset={dataset!r}; expected cifar10n, cifar100n or cifar10n_5k")
         family = "cifar100n" if dataset == "cifar100n" else "cifar10n"
@@ -441,7 +441,7 @@ class CIFARNDataModule(NoisyLabelDataModule):
 
     # -- loaders ----------------------------------------------------------------------------------------------
     def _loader(self, ds, shuffle: bool, batch_size: int, augment: bool = False,
-                augment_seed: int = 1) -> DataLoader | None:
+                augment_seed: int = 1, drop_last: bool = False) -> DataLoader | None:
         if ds is None:
             return None
         gen = torch.Generator().manual_seed(self.seed)
@@ -449,7 +449,7 @@ class CIFARNDataModule(NoisyLabelDataModule):
                            torch.Generator().manual_seed(self.seed + augment_seed) if augment and self.augment else None)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate, generator=gen,  # also unshuffled: see NoisyLabelDataModule._loader
-                          persistent_workers=self.num_workers > 0)
+                          drop_last=drop_last, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader | ResidentBatches:
         """Training batches: :class:`ResidentBatches` on an accelerator (one process), else a DataLoader.
@@ -458,11 +458,13 @@ class CIFARNDataModule(NoisyLabelDataModule):
         ``augment`` is on); under several processes the DataLoader lets Lightning give each rank its share.
         """
         trainer = getattr(self, "trainer", None)
+        self.check_last_batch()
         if self.device is None or (trainer is not None and trainer.world_size > 1):
-            return self._loader(self.train_set, self.shuffle, self.batch_size, augment=True)
+            return self._loader(self.train_set, self.shuffle, self.batch_size, augment=True, drop_last=self.drop_last)
         return ResidentBatches(self.train_set, self.batch_size, self.shuffle, torch.Generator().manual_seed(self.seed),
                                Normalize(self.mean, self.std), self.augment,
-                               torch.Generator().manual_seed(self.seed + 1) if self.augment else None)
+                               torch.Generator().manual_seed(self.seed + 1) if self.augment else None,
+                               drop_last=self.drop_last)
 
     def attribution_dataloader(self, split: str = "train") -> DataLoader:
         """Unshuffled loader over a split for gathering, augmented only for the training split with ``attribution_augment``.

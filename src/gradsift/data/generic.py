@@ -94,11 +94,11 @@ class ArrayDataModule(NoisyLabelDataModule):
                  index: str | None = None, val_fraction: float = 0.0, test_fraction: float = 0.2,
                  num_classes: int | None = None, standardize: bool = False, batch_size: int = 128,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0, keep=None,
-                 name: str | None = None):
+                 name: str | None = None, drop_last: bool = False):
         if name is None:
             name = Path(str(train)).stem if isinstance(train, (str, Path)) else "arrays"
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
-                         keep=keep, name=name)
+                         keep=keep, name=name, drop_last=drop_last)
         for key, frac in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
             if not 0 <= frac < 1:
                 raise ValueError(f"{key}={frac}; expected a share in [0, 1)")

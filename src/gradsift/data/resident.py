@@ -46,7 +46,8 @@ class ResidentBatches:
     """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None,
-                 normalize: Normalize, augment: Augment | None = None, aug_generator: torch.Generator | None = None):
+                 normalize: Normalize, augment: Augment | None = None, aug_generator: torch.Generator | None = None,
+                 drop_last: bool = False):
         if augment is not None and aug_generator is None:
             raise ValueError("ResidentBatches: augment needs aug_generator")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
@@ -55,7 +56,7 @@ class ResidentBatches:
         # a generator also when unshuffled, so that iterating never draws from the global RNG
         self._positions = DataLoader(_Positions(len(dataset)), batch_size=batch_size, shuffle=shuffle,
                                      generator=generator if shuffle else torch.Generator(),
-                                     collate_fn=_keep)
+                                     collate_fn=_keep, drop_last=drop_last)
         self._index = torch.as_tensor(dataset.index, dtype=torch.long).to(self.device)
 
     def __len__(self) -> int:
