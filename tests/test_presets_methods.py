@@ -36,3 +36,16 @@ def test_lds_moons_preset_runs(scorer, tmp_path):
                                            f"paths.cache_dir={tmp_path / 'cache'}"])
     res = pipeline.run(cfg, tmp_path / "run", choices={"scorer": scorer})
     assert res["status"] == "ok" and -1 <= res["metrics"]["lds"] <= 1
+
+
+def test_methods_preset_drops_the_short_last_batch_and_metric_can_be_removed(tmp_path, shared_data, caplog):
+    """The preset drops each epoch's short last training batch (data.drop_last; its 5% retrains would end on 4
+    images), and ``~metric`` on it runs no LDS (the preset's metric.n_subsets stays behind: warned, not a crash)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=methods_cifar10n_5k", "scorer=l2", "~metric", *TINY[:-2],
+                                           f"paths.data_dir={shared_data}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    assert cfg.data.drop_last is True and "_target_" not in cfg.metric
+    with caplog.at_level("WARNING", logger="gradsift.pipeline"):
+        res = pipeline.run(cfg, tmp_path / "run", choices={"scorer": "l2"})
+    assert res["status"] == "ok" and "lds" not in res["metrics"] and "test_acc" in res["metrics"]
+    assert "no metric (_target_)" in caplog.text

@@ -49,6 +49,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
     with recorded(result, output_dir):
         scorer, trim, method = _describe(cfg, choices, result)
         attributor = artifacts.build_attributor(cfg, scorer, trim)  # refuses a bad compressor before any training
+        metric_cfg = _metric_config(cfg)
         write_result(output_dir, result)  # a killed job leaves a "running" record the summary marks as failed
         datamodule: NoisyLabelDataModule = instantiate(cfg.data)
         datamodule.setup()
@@ -83,7 +84,7 @@ def run(cfg: DictConfig, output_dir: str | Path, choices: dict | None = None) ->
         else:  # detection only (dropout Table 1): the scores and their AUC against the flip mask are the result
             result["finished_at"] = now()
         lds_s = 0.0
-        if cfg.get("metric") is not None:
+        if metric_cfg is not None:
             t0 = time.perf_counter()
             metrics.update(linear_datamodeling(cfg, datamodule, attribution.scores, train.index, art.model_key))
             lds_s = time.perf_counter() - t0
@@ -148,7 +149,7 @@ def retrain_from(cfg: DictConfig, output_dir: str | Path, choices: dict | None =
 
     if not cfg.get("retrain", True):
         raise ValueError("retrain_from is set but retrain=false: there would be nothing to do; drop one of them")
-    if cfg.get("metric") is not None:
+    if _metric_config(cfg) is not None:
         raise ValueError("retrain_from does not compute metric=... (it needs this run's own base model and scores); "
                          "run the metric without retrain_from")
     t_start = time.perf_counter()
@@ -194,6 +195,22 @@ def retrain_from(cfg: DictConfig, output_dir: str | Path, choices: dict | None =
             np.save(output_dir / "scores.npy", np.load(source / "scores.npy"))
         log_run(cfg, result, flagged, datamodule)
     return result
+
+
+def _metric_config(cfg: DictConfig) -> DictConfig | None:
+    """``cfg.metric`` when it names a metric (``_target_``), else None.
+
+    None also when only a preset's settings are left in it (``~metric`` / ``metric=null`` on a preset that sets
+    ``metric.n_subsets``): no metric, with a warning.
+    """
+    metric = cfg.get("metric")
+    if metric is None:
+        return None
+    if not isinstance(metric, DictConfig) or "_target_" not in metric:
+        keys = sorted(metric) if isinstance(metric, DictConfig) else metric
+        log.warning("metric holds %s but no metric (_target_): computing none; metric=lds selects the LDS", keys)
+        return None
+    return metric
 
 
 def linear_datamodeling(cfg: DictConfig, datamodule: NoisyLabelDataModule, scores: np.ndarray, index: np.ndarray,

@@ -189,15 +189,18 @@ class NoisyLabelDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, True, self.batch_size, drop_last=self.drop_last)
 
     def check_last_batch(self) -> int:
-        """The training split's last-batch size (0 when it divides evenly or with ``drop_last``), warning once
-        when it is below an eighth of the batch size, where one step on it can move a BatchNorm model far."""
+        """The training split's last-batch size (0 when it divides evenly or with ``drop_last``).
+
+        Warns once when it is below an eighth of the batch size, where one step on it can move a BatchNorm model far.
+        """
         n = len(self.train_set)
         rest = 0 if self.drop_last else n % self.batch_size
         if 0 < rest < max(2, self.batch_size // 8) and not self._warned_short_batch:
             self._warned_short_batch = True
             log.warning("data: the training split's %d rows end each epoch on a batch of %d (data.batch_size=%d); a "
                         "step on so few samples can cost a BatchNorm model points of test accuracy, and trimmed "
-                        "retrains of one budget all share it. data.drop_last=true drops it", n, rest, self.batch_size)
+                        "retrains of one budget all share it. data.drop_last=true (+data.drop_last=true where the data config "
+                        "does not list it) drops it", n, rest, self.batch_size)
         return rest
 
     def val_dataloader(self) -> DataLoader | list:

@@ -165,9 +165,10 @@ class GlueDataModule(NoisyLabelDataModule):
                  train_size: int | None = None, test_size: int | None = None, val_size: int | None = None,
                  noise_fraction: float = 0.2, source: str = "auto", hub_dataset: str = "nyu-mll/glue",
                  cache_dir: str | None = None, batch_size: int = 32, eval_batch_size: int | None = None,
-                 num_workers: int = 0, seed: int = 0, keep: Sequence[int] | None = None, name: str | None = None):
+                 num_workers: int = 0, seed: int = 0, keep: Sequence[int] | None = None, name: str | None = None,
+                 drop_last: bool = False):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         seed=seed, keep=keep)
+                         seed=seed, keep=keep, drop_last=drop_last)
         self.spec = task_spec(task)
         if source not in ("auto", "local", "hub"):
             raise ValueError(f"data.source must be 'auto', 'local' or 'hub', got {source!r}")

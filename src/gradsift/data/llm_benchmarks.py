@@ -244,9 +244,9 @@ class LLMBenchmarkDataModule(NoisyLabelDataModule):
                  tokenizer: str | PreTrainedTokenizerBase | None = None, tokenizer_vocab_size: int = 512,
                  max_length: int = 256, num_classes: int | None = None, train_per_class: int | None = None,
                  test_per_class: int | None = None, batch_size: int = 32, eval_batch_size: int | None = None,
-                 num_workers: int = 0, seed: int = 0, keep: Sequence[int] | None = None):
+                 num_workers: int = 0, seed: int = 0, keep: Sequence[int] | None = None, drop_last: bool = False):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         seed=seed, keep=keep)
+                         seed=seed, keep=keep, drop_last=drop_last)
         _check_name(benchmark)
         if not generate and data_dir is None:
             raise ValueError("data.data_dir is required unless data.generate=true (DataInf release folder)")

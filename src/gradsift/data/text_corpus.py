@@ -88,9 +88,9 @@ class TextCorpusDataModule(NoisyLabelDataModule):
                  data_dir: str | None = None, train_file: str | None = None, test_file: str | None = None,
                  hub_config: str | None = None, n_docs: int | None = None, batch_size: int = 64,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 keep: Sequence[int] | None = None):
+                 keep: Sequence[int] | None = None, drop_last: bool = False):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         seed=seed, keep=keep)
+                         seed=seed, keep=keep, drop_last=drop_last)
         if corpus not in CORPORA:
             raise ValueError(f"data.corpus={corpus!r} is not one of {CORPORA}")
         if (train_file is None) != (test_file is None):
