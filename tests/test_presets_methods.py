@@ -47,5 +47,9 @@ def test_methods_preset_drops_the_short_last_batch_and_metric_can_be_removed(tmp
     assert cfg.data.drop_last is True and "_target_" not in cfg.metric
     with caplog.at_level("WARNING", logger="gradsift.pipeline"):
         res = pipeline.run(cfg, tmp_path / "run", choices={"scorer": "l2"})
-    assert res["status"] == "ok" and "lds" not in res["metrics"] and "test_acc" in res["metrics"]
+    m = res["metrics"]
+    assert res["status"] == "ok" and "lds" not in m and "test_acc" in m
     assert "no metric (_target_)" in caplog.text
+    # eval_every_epoch: per-image correctness of both models, so each retrain has McNemar's test against its base
+    assert isinstance(m["test_correct"], str) and isinstance(m["base_test_correct"], str)
+    assert 0 <= m["test_vs_base"]["p"] <= 1
